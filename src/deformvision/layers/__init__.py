@@ -1,0 +1,21 @@
+"""Neural-network building blocks built on :mod:`deformvision.ops`."""
+
+from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
+from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints, reference_points
+from deformvision.layers.drop import DropPath, drop_path
+from deformvision.layers.mlp import Mlp
+from deformvision.layers.norm import LayerNorm2d
+from deformvision.layers.window_attention import WindowAttention
+
+__all__ = [
+    "DeformConv2d",
+    "DeformableConv2d",
+    "DeformableAttention",
+    "DropPath",
+    "LayerNorm2d",
+    "Mlp",
+    "SamplingPoints",
+    "WindowAttention",
+    "drop_path",
+    "reference_points",
+]

@@ -1,0 +1,241 @@
+"""DAT's deformable multi-head attention (Xia et al., "Vision Transformer with Deformable Attention",
+CVPR 2022).
+
+Keys and values are not taken at the query positions but bilinearly sampled from the feature map at
+a set of *deformed points* shared by all queries (query-agnostic): a uniform reference grid with
+stride ``r`` plus offsets predicted from the queries by a small offset network. Channels are split
+into ``G`` offset groups; every group predicts its own offsets and the heads of a group attend to
+that group's sampled keys.
+
+Coordinate convention (as the official code): positions are normalised so that -1/+1 are the
+centres of the border pixels (``grid_sample(align_corners=True)``), stored in **(y, x)** order.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deformvision.layers.norm import LayerNorm2d
+
+
+def reference_points(height: int, width: int, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uniform grid of cell centres ``(i + 0.5) / H * 2 - 1`` in normalised (y, x) coordinates.
+
+    Returns:
+        ``(batch, height, width, 2)`` tensor, last dim (y, x).
+    """
+    ref_y, ref_x = torch.meshgrid(
+        torch.linspace(0.5, height - 0.5, height, dtype=dtype, device=device),
+        torch.linspace(0.5, width - 0.5, width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    ref = torch.stack((ref_y / height * 2 - 1, ref_x / width * 2 - 1), dim=-1)  # H, W, 2
+    return ref[None].expand(batch, -1, -1, -1)
+
+
+@dataclass
+class SamplingPoints:
+    """The deformed sampling positions and the reference points of one deformable attention call.
+
+    Both are ``(B, G, Hk, Wk, 2)`` with the last dim in **(y, x)** order, normalised so that -1/+1 are
+    the centres of the border pixels of the attended map (``grid_sample(align_corners=True)``).
+    """
+
+    positions: torch.Tensor
+    references: torch.Tensor
+
+
+class DeformableAttention(nn.Module):
+    """Deformable multi-head attention of DAT (the official ``DAttentionBaseline``, v1).
+
+    For an input map ``x`` (already normalised by the block):
+
+    1. ``q = proj_q(x)``; the offset network (depthwise ``k x k`` conv with stride ``r``, LayerNorm,
+       GELU, 1x1 conv to 2 channels) runs on each group's query channels and gives offsets on a
+       ``Hk x Wk`` key grid (``Hk = ceil(H / r)``).
+    2. With ``offset_range_factor s > 0`` the offsets are ``s * tanh(offset) / (Hk, Wk)`` (at most
+       ``s/2`` key-grid cells); positions are reference points + offsets, unclamped (points outside
+       the map read zeros).
+    3. Each group's channels of ``x`` are sampled bilinearly at its positions; keys and values are
+       1x1 projections of the samples.
+    4. Attention logits ``q k^T / sqrt(d)`` plus the deformable relative position bias, a table of
+       ``(heads, 2H-1, 2W-1)`` per block sampled at the continuous query-to-key displacement.
+
+    Any input size works. The relative position table has the size of the map the module was built
+    for and is read by ``grid_sample`` in normalised coordinates, so at another size it is sampled
+    at the same *relative* displacement (a fraction of the map); to adapt it to a new resolution
+    instead, build the model at that size and load the checkpoint, which bicubic-resizes the table.
+
+    Args:
+        dim: channels ``C``.
+        num_heads: attention heads.
+        num_groups: offset groups ``G``; ``num_heads`` and ``C`` must be divisible by it.
+        fmap_size: ``(H, W)`` of the map the model is built for (sizes the position tables).
+        offset_kernel_size: kernel of the depthwise conv of the offset network (9/7/5/3 by stage).
+        stride: reference-grid stride ``r`` (1: one key per input position).
+        offset_range_factor: ``s``; if ``<= 0`` offsets are used raw and positions are
+            ``tanh(reference + offset)``.
+        use_pe: add a relative position encoding.
+        dwc_pe: position encoding by a depthwise 3x3 conv on the queries added to the output
+            (ablation) instead of the relative position bias.
+        fixed_pe: a free ``(heads, H*W, Hk*Wk)`` bias (ablation); only valid at ``fmap_size``.
+        no_offset: no offsets: keys at the reference grid, taken by average pooling (ablation).
+        attn_drop: dropout on attention probabilities.
+        proj_drop: dropout after the output projection.
+
+    Shape:
+        - Input: ``(B, C, H, W)``
+        - Output: ``(B, C, H, W)`` and the :class:`SamplingPoints` of this call.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_groups: int,
+        fmap_size: tuple[int, int],
+        offset_kernel_size: int,
+        stride: int = 1,
+        offset_range_factor: float = 2.0,
+        use_pe: bool = True,
+        dwc_pe: bool = False,
+        fixed_pe: bool = False,
+        no_offset: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads or num_heads % num_groups:
+            raise ValueError(
+                f"dim ({dim}) must be divisible by num_heads ({num_heads}), "
+                f"and num_heads by num_groups ({num_groups})"
+            )
+        self.num_heads = num_heads
+        self.num_groups = num_groups
+        self.head_dim = dim // num_heads
+        self.group_dim = dim // num_groups
+        self.scale = self.head_dim**-0.5
+        self.stride = stride
+        self.offset_range_factor = offset_range_factor
+        self.use_pe, self.dwc_pe, self.fixed_pe = use_pe, dwc_pe, fixed_pe
+        self.no_offset = no_offset
+        self.fmap_size = tuple(fmap_size)
+
+        k, gc = offset_kernel_size, self.group_dim
+        padding = k // 2 if k != stride else 0
+        self.conv_offset = nn.Sequential(
+            nn.Conv2d(gc, gc, k, stride, padding, groups=gc),  # depthwise, shared by all groups
+            LayerNorm2d(gc),
+            nn.GELU(),
+            nn.Conv2d(gc, 2, 1, bias=False),  # (dy, dx) per key-grid point
+        )
+        if no_offset:
+            self.conv_offset.requires_grad_(False)
+        self.proj_q = nn.Conv2d(dim, dim, 1)
+        self.proj_k = nn.Conv2d(dim, dim, 1)
+        self.proj_v = nn.Conv2d(dim, dim, 1)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+        h, w = self.fmap_size
+        self.rpe_table: nn.Module | nn.Parameter | None = None
+        if use_pe and not no_offset:
+            if dwc_pe:
+                self.rpe_table = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+            elif fixed_pe:
+                hk, wk = -(-h // stride), -(-w // stride)
+                self.rpe_table = nn.Parameter(torch.zeros(num_heads, h * w, hk * wk))
+                nn.init.trunc_normal_(self.rpe_table, std=0.01)
+            else:
+                self.rpe_table = nn.Parameter(torch.zeros(num_heads, 2 * h - 1, 2 * w - 1))
+                nn.init.trunc_normal_(self.rpe_table, std=0.01)
+
+    def sampling_points(self, q: torch.Tensor) -> SamplingPoints:
+        """Deformed positions ``(B*G, Hk, Wk, 2)`` and references (y, x) predicted from the queries."""
+        b = q.shape[0]
+        q_groups = q.reshape(b * self.num_groups, self.group_dim, *q.shape[2:])  # B*G, C/G, H, W
+        offset = self.conv_offset(q_groups)  # B*G, 2, Hk, Wk
+        hk, wk = offset.shape[2:]
+        if self.offset_range_factor > 0:
+            # As the official code: [1/Hk, 1/Wk] rounded to float32, also in float64 runs.
+            offset_range = torch.tensor([1.0 / hk, 1.0 / wk], device=q.device).to(offset.dtype).view(1, 2, 1, 1)
+            offset = offset.tanh() * offset_range * self.offset_range_factor
+        offset = offset.permute(0, 2, 3, 1)  # B*G, Hk, Wk, 2
+        ref = reference_points(hk, wk, b * self.num_groups, q.dtype, q.device)
+        if self.no_offset:
+            offset = torch.zeros_like(offset)
+        if self.offset_range_factor >= 0:
+            pos = offset + ref
+        else:
+            pos = torch.tanh(offset + ref)
+        return SamplingPoints(pos, ref)
+
+    def position_bias(self, pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Deformable relative position bias ``(B*heads, H*W, Ns)`` for positions ``(B*G, Hk, Wk, 2)``.
+
+        The displacement from each query to each sampled key, halved so that it spans [-1, 1], reads
+        the table of its group's heads bilinearly.
+        """
+        bg = pos.shape[0]
+        b = bg // self.num_groups
+        heads_per_group = self.num_heads // self.num_groups
+        q_grid = reference_points(height, width, bg, pos.dtype, pos.device)
+        displacement = (q_grid.reshape(bg, -1, 1, 2) - pos.reshape(bg, 1, -1, 2)) * 0.5  # B*G, HW, Ns, 2
+        table = self.rpe_table[None].expand(b, -1, -1, -1)  # B, heads, 2Hc-1, 2Wc-1
+        table = table.reshape(bg, heads_per_group, *self.rpe_table.shape[1:])  # B*G, heads/G, ...
+        bias = F.grid_sample(
+            table, displacement[..., (1, 0)], mode="bilinear", padding_mode="zeros", align_corners=True
+        )  # B*G, heads/G, HW, Ns
+        return bias.reshape(b * self.num_heads, height * width, -1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints]:
+        b, c, h, w = x.shape
+        g = self.num_groups
+        q = self.proj_q(x)
+        points = self.sampling_points(q)
+        pos = points.positions  # B*G, Hk, Wk, 2
+        hk, wk = pos.shape[1:3]
+        num_keys = hk * wk
+
+        if self.no_offset:
+            x_sampled = F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride, ceil_mode=True)
+        else:
+            x_sampled = F.grid_sample(
+                x.reshape(b * g, self.group_dim, h, w),  # the block input, not q
+                pos[..., (1, 0)],  # grid_sample wants (x, y)
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
+            )  # B*G, C/G, Hk, Wk
+        x_sampled = x_sampled.reshape(b, c, 1, num_keys)
+
+        q = q.reshape(b * self.num_heads, self.head_dim, h * w)
+        k = self.proj_k(x_sampled).reshape(b * self.num_heads, self.head_dim, num_keys)
+        v = self.proj_v(x_sampled).reshape(b * self.num_heads, self.head_dim, num_keys)
+        attn = torch.einsum("bcm,bcn->bmn", q, k) * self.scale  # B*heads, HW, Ns
+
+        lepe = None
+        if self.rpe_table is not None:
+            if self.dwc_pe:
+                lepe = self.rpe_table(q.reshape(b, c, h, w)).reshape(b * self.num_heads, self.head_dim, h * w)
+            elif self.fixed_pe:
+                if (h, w) != self.fmap_size:
+                    raise ValueError(
+                        f"fixed_pe deformable attention only runs at its construction size {self.fmap_size}, "
+                        f"got {(h, w)}"
+                    )
+                attn = attn + self.rpe_table[None].expand(b, -1, -1, -1).reshape(b * self.num_heads, h * w, -1)
+            else:
+                attn = attn + self.position_bias(pos, h, w)
+        attn = self.attn_drop(attn.softmax(dim=2))
+        out = torch.einsum("bmn,bcn->bcm", attn, v)  # B*heads, C/heads, HW
+        if lepe is not None:
+            out = out + lepe
+        y = self.proj_drop(self.proj_out(out.reshape(b, c, h, w)))
+        points = SamplingPoints(
+            pos.reshape(b, g, hk, wk, 2), points.references.reshape(b, g, hk, wk, 2)
+        )
+        return y, points

@@ -1,0 +1,101 @@
+"""Safe checkpoint reading and strict loading with clear errors.
+
+Checkpoints are read without unpickling arbitrary objects: safetensors files directly, PyTorch
+files with ``torch.load(weights_only=True)``. A model converts foreign formats (official
+checkpoints, other resolutions) with its ``checkpoint_filter(state_dict) -> state_dict`` method.
+"""
+
+import logging
+from os import PathLike
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Keys under which training scripts commonly nest the model's state dict, most specific first.
+_NESTED_STATE_DICT_KEYS = ("model", "state_dict", "module")
+
+
+def read_state_dict(path: str | PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors or PyTorch file, on the CPU.
+
+    A PyTorch file may hold the state dict itself or nest it under ``'model'`` / ``'state_dict'``
+    (as official training scripts save); a ``module.`` prefix left by DistributedDataParallel is
+    removed.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is corrupt, not a checkpoint, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            state_dict = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cannot read safetensors checkpoint {path}: {err}") from err
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt zip, truncated file, pickled objects other than tensors
+            raise ValueError(
+                f"cannot read PyTorch checkpoint {path} (with weights_only=True): {type(err).__name__}: {err}"
+            ) from err
+        state_dict = _unwrap(obj, path)
+    if not state_dict:
+        raise ValueError(f"checkpoint {path} holds no tensors")
+    return state_dict
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        nested = next((k for k in _NESTED_STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if nested is None:
+            raise ValueError(f"checkpoint {path} has no state dict (top-level keys: {sorted(obj)[:10]})")
+        obj = obj[nested]
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
+    state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_checkpoint(model: nn.Module, path: str | PathLike) -> None:
+    """Load a checkpoint file into ``model`` strictly (every key used, every shape equal).
+
+    The model's ``checkpoint_filter`` (if it has one) first converts the file's state dict to the
+    model's names and sizes.
+
+    Raises:
+        ValueError: keys are missing or unexpected, or shapes differ; the message names them.
+    """
+    state_dict = read_state_dict(path)
+    if hasattr(model, "checkpoint_filter"):
+        state_dict = model.checkpoint_filter(state_dict)
+    check_state_dict(model, state_dict, source=str(path))
+    model.load_state_dict(state_dict)
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Raise a ValueError naming the keys of ``state_dict`` that do not fit ``model`` exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+            problems.append(f"{title}: {shown}")
+    if problems:
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))

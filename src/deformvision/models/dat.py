@@ -1,0 +1,396 @@
+"""DAT: Vision Transformer with Deformable Attention (Xia, Pan, Song, Li, Huang; CVPR 2022).
+
+A four-stage pyramid (strides 4/8/16/32) of pre-norm transformer blocks. Each stage stacks blocks
+given by its ``stage_spec``:
+
+- ``L``: local window attention (Swin W-MSA),
+- ``S``: shifted window attention (Swin SW-MSA, shift ``ceil(w / 2)``),
+- ``D``: deformable attention (:class:`~deformvision.layers.DeformableAttention`).
+
+Stem: 4x4 stride-4 conv + LayerNorm; between stages: 2x2 stride-2 conv + LayerNorm; head: LayerNorm,
+global average pooling, linear. This is DAT v1 (the paper's models, LeapLabTHU/DAT@566a593), with
+the official checkpoints loadable through :meth:`DAT.checkpoint_filter`.
+
+Unlike the official model, ours runs at any input size (windows are padded and masked, shift masks
+and position biases are computed for the size seen); see :class:`DAT`.
+"""
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deformvision.layers import DeformableAttention, DropPath, LayerNorm2d, Mlp, SamplingPoints, WindowAttention
+from deformvision.models._registry import register_model
+
+logger = logging.getLogger(__name__)
+
+OFFSET_KERNEL_SIZES = (9, 7, 5, 3)  # depthwise kernel of the offset network, by stage
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What one returned feature map of a backbone is: channels, stride w.r.t. the input, stage index."""
+
+    channels: int
+    stride: int
+    index: int
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``k x k`` stride-``k`` conv followed by LayerNorm (stem and downsampling).
+
+    Shape:
+        - Input: ``(B, C_in, H, W)``
+        - Output: ``(B, C_out, H // k, W // k)``
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, bias: bool = True) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size, bias=bias)
+        self.norm = LayerNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code.
+
+    Shape:
+        - Input: ``(B, C, H, W)``
+        - Output: ``(B, C, H, W)`` and the block's :class:`SamplingPoints` (``None`` unless ``D``).
+    """
+
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: int, drop: float, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim)
+        self.attn = attn
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = Mlp(dim, mlp_ratio * dim, drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints | None]:
+        points = None
+        y = self.attn(self.norm1(x))
+        if isinstance(y, tuple):  # deformable attention also returns its sampling points
+            y, points = y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # B, C, H, W via B, H, W, C
+        return x + self.drop_path(y), points
+
+
+class Stage(nn.Module):
+    """Optional downsampling followed by the stage's blocks."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[Block]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[SamplingPoints | None]]:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        points = []
+        for block in self.blocks:
+            x, block_points = block(x)
+            points.append(block_points)
+        return x, points
+
+
+class DAT(nn.Module):
+    """Deformable Attention Transformer (v1), classifier or multi-scale backbone.
+
+    Args:
+        img_size: input side the model is built for. It sizes the deformable position-bias tables
+            (``2H-1`` x ``2W-1`` at stage maps ``img_size / 16`` and ``/ 32``); any input size runs.
+        patch_size: stem stride.
+        in_chans: input channels.
+        num_classes: classes of the linear head (0: no head, ``forward`` returns pooled features).
+        dims: channels per stage.
+        depths: blocks per stage (``len(stage_spec[i])``).
+        heads: attention heads per stage.
+        groups: offset groups per stage (used by ``D`` blocks only).
+        window_sizes: window side per stage (``L``/``S`` blocks).
+        stage_spec: block kinds per stage, each ``'L'``, ``'S'`` or ``'D'``.
+        strides: reference-grid stride ``r`` per stage (``D`` blocks).
+        offset_range_factor: ``s`` per stage (``D`` blocks).
+        use_pes, dwc_pes, fixed_pes, no_offs: per-stage position-encoding and offset switches of the
+            paper's ablations (see :class:`~deformvision.layers.DeformableAttention`).
+        mlp_ratio: hidden expansion of the MLPs.
+        drop_rate: dropout in MLPs and attention outputs.
+        attn_drop_rate: dropout on attention probabilities.
+        drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks.
+        features_only: build a backbone whose ``forward`` returns NCHW maps of ``out_indices``,
+            each with its own LayerNorm, instead of logits.
+        out_indices: stages returned when ``features_only`` (0..3, strides 4/8/16/32).
+
+    Example:
+        >>> model = DAT(num_classes=10)
+        >>> model(torch.randn(2, 3, 224, 224)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        heads: Sequence[int] = (3, 6, 12, 24),
+        groups: Sequence[int] = (-1, -1, 3, 6),
+        window_sizes: Sequence[int] = (7, 7, 7, 7),
+        stage_spec: Sequence[Sequence[str]] = (("L", "S"), ("L", "S"), ("L", "D") * 3, ("L", "D")),
+        strides: Sequence[int] = (-1, -1, 1, 1),
+        offset_range_factor: Sequence[float] = (-1, -1, 2, 2),
+        use_pes: Sequence[bool] = (False, False, True, True),
+        dwc_pes: Sequence[bool] = (False,) * 4,
+        fixed_pes: Sequence[bool] = (False,) * 4,
+        no_offs: Sequence[bool] = (False,) * 4,
+        mlp_ratio: int = 4,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+    ) -> None:
+        super().__init__()
+        per_stage = dict(
+            dims=dims, depths=depths, heads=heads, groups=groups, window_sizes=window_sizes,
+            stage_spec=stage_spec, strides=strides, offset_range_factor=offset_range_factor,
+            use_pes=use_pes, dwc_pes=dwc_pes, fixed_pes=fixed_pes, no_offs=no_offs,
+        )  # fmt: skip
+        for key, value in per_stage.items():
+            if len(value) != 4:
+                raise ValueError(f"{key} must have one entry per stage (4), got {list(value)}")
+        for i, (depth, spec) in enumerate(zip(depths, stage_spec, strict=True)):
+            if len(spec) != depth or any(kind not in "LSD" for kind in spec):
+                raise ValueError(f"stage_spec[{i}] must be {depth} of 'L', 'S', 'D', got {list(spec)}")
+        if features_only and (not out_indices or any(i not in range(4) for i in out_indices)):
+            raise ValueError(f"out_indices must be stage indices in 0..3, got {list(out_indices)}")
+
+        img_h, img_w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        self.img_size = (img_h, img_w)
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+
+        self.stem = PatchEmbed(in_chans, dims[0], patch_size)
+        block_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, block_index = [], 0
+        for i in range(4):
+            stride = patch_size * 2**i
+            fmap_size = (img_h // stride, img_w // stride)
+            blocks = []
+            for kind in stage_spec[i]:
+                if kind == "D":
+                    attn = DeformableAttention(
+                        dims[i], heads[i], groups[i], fmap_size, OFFSET_KERNEL_SIZES[i],
+                        stride=strides[i], offset_range_factor=offset_range_factor[i], use_pe=use_pes[i],
+                        dwc_pe=dwc_pes[i], fixed_pe=fixed_pes[i], no_offset=no_offs[i],
+                        attn_drop=attn_drop_rate, proj_drop=drop_rate,
+                    )  # fmt: skip
+                else:
+                    shift = math.ceil(window_sizes[i] / 2) if kind == "S" else 0
+                    attn = WindowAttention(dims[i], heads[i], window_sizes[i], shift, attn_drop_rate, drop_rate)
+                blocks.append(Block(dims[i], attn, mlp_ratio, drop_rate, block_rates[block_index]))
+                block_index += 1
+            downsample = PatchEmbed(dims[i - 1], dims[i], 2, bias=False) if i > 0 else None
+            stages.append(Stage(downsample, blocks))
+        self.stages = nn.ModuleList(stages)
+        self.feature_info = [FeatureInfo(dims[i], patch_size * 2**i, i) for i in range(4)]
+
+        if features_only:
+            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.feature_norms = nn.ModuleDict({str(i): LayerNorm2d(dims[i]) for i in self.out_indices})
+        else:
+            self.norm = LayerNorm2d(dims[-1])
+            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    # ----------------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        in_chans = self.stem.proj.in_channels
+        min_side = self.feature_info[-1].stride if self.features_only else 32
+        if x.ndim != 4 or x.shape[1] != in_chans:
+            raise ValueError(f"expected input of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+        if min(x.shape[2:]) < min_side:
+            raise ValueError(f"input side must be at least {min_side} pixels, got {tuple(x.shape[2:])}")
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, SamplingPoints]]:
+        """Run stem and stages.
+
+        Returns:
+            The output map of every stage (``(B, dims[i], H / 4 / 2^i, W / 4 / 2^i)``, before any
+            norm) and the sampling points of every deformable block keyed ``'stages.{i}.blocks.{j}'``.
+        """
+        self._check_input(x)
+        x = self.stem(x)  # B, C0, H/4, W/4
+        outputs, points = [], {}
+        for i, stage in enumerate(self.stages):
+            x, stage_points = stage(x)
+            outputs.append(x)
+            for j, block_points in enumerate(stage_points):
+                if block_points is not None:
+                    points[f"stages.{i}.blocks.{j}"] = block_points
+        return outputs, points
+
+    def sampling_points(self, x: torch.Tensor) -> dict[str, SamplingPoints]:
+        """Deformed sampling positions and reference points of every ``D`` block for input ``x``.
+
+        Keys are ``'stages.{i}.blocks.{j}'``; each value holds ``(B, G, Hk, Wk, 2)`` tensors, last dim
+        (y, x) normalised so that -1/+1 are the centres of the border pixels of that stage's map.
+        """
+        return self.forward_stages(x)[1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage map after the final LayerNorm: ``(B, num_features, H/32, W/32)``."""
+        if self.features_only:
+            raise RuntimeError("forward_features is for classifiers; a features_only model's forward returns maps")
+        return self.norm(self.forward_stages(x)[0][-1])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling and the linear head (``pre_logits``: return the pooled features)."""
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # B, C
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            outputs = self.forward_stages(x)[0]
+            return [self.feature_norms[str(i)](outputs[i]) for i in self.out_indices]
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a new one for ``num_classes`` classes (0: no head)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(_init_weights)
+
+    # ----------------------------------------------------------------------------------------------
+    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Convert an official DAT v1 or our own state dict to this model's names and sizes.
+
+        - official names (``patch_proj``, ``layer_norms``, ``attns``, ``down_projs``, ``cls_head``...)
+          are renamed; the official size-dependent buffers (``attn_mask``,
+          ``relative_position_index``) are dropped, ours are computed for the size seen;
+        - position tables (``rpe_table``, ``relative_position_bias_table``) of another resolution or
+          window are resized bicubically (as the official ``load_pretrained``);
+        - a head for another number of classes, or the classifier's final norm and head loaded into
+          a ``features_only`` backbone, is dropped and the model keeps its own (fresh) values; a
+          backbone's per-output norms missing from a classifier checkpoint keep their fresh values.
+        """
+        if any(k.startswith(("patch_proj.", "down_projs.", "cls_head.")) for k in state_dict):
+            state_dict = self._rename_official(state_dict)
+        own = self.state_dict()
+        converted = {}
+        for key, value in state_dict.items():
+            if key.endswith("rpe_table") and key in own and value.shape != own[key].shape and value.ndim == 3:
+                value = _resize_table(value, own[key].shape[1:])
+            elif key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
+                side, new_side = math.isqrt(value.shape[0]), math.isqrt(own[key].shape[0])
+                table = value.T.reshape(1, -1, side, side)  # 1, heads, 2w-1, 2w-1
+                value = _resize_table(table[0], (new_side, new_side)).reshape(-1, new_side**2).T
+            converted[key] = value
+        if self.features_only:
+            for key in [k for k in converted if k.startswith(("head.", "norm."))]:
+                del converted[key]
+            for key, value in own.items():
+                if key.startswith("feature_norms.") and key not in converted:
+                    converted[key] = value
+        for key in ("head.weight", "head.bias"):
+            if key in converted and (key not in own or converted[key].shape != own[key].shape):
+                logger.warning("checkpoint head %s %s does not fit this model: keeping the model's own",
+                               key, tuple(converted[key].shape))
+                if key in own:
+                    converted[key] = own[key]
+                else:
+                    del converted[key]
+        return converted
+
+    def _rename_official(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        renamed = {}
+        for key, value in state_dict.items():
+            if key.endswith(("attn_mask", "relative_position_index")):
+                continue  # size-dependent buffers: ours are computed at run time
+            new = key.replace(".norm.", ".")  # LayerNormProxy(...).norm -> LayerNorm2d
+            new = re.sub(r"^patch_proj\.0\.", "stem.proj.", new)
+            new = re.sub(r"^patch_proj\.1\.", "stem.norm.", new)
+            new = re.sub(r"^down_projs\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.proj.", new)
+            new = re.sub(r"^down_projs\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.norm.", new)
+            new = re.sub(r"^cls_norm\.", "norm.", new)
+            new = re.sub(r"^cls_head\.", "head.", new)
+            new = re.sub(
+                r"^stages\.(\d+)\.layer_norms\.(\d+)\.",
+                lambda m: f"stages.{m[1]}.blocks.{int(m[2]) // 2}.norm{int(m[2]) % 2 + 1}.",
+                new,
+            )
+            new = re.sub(r"^stages\.(\d+)\.mlps\.(\d+)\.chunk\.linear([12])\.", r"stages.\1.blocks.\2.mlp.fc\3.", new)
+            new = re.sub(r"^stages\.(\d+)\.attns\.(\d+)\.", r"stages.\1.blocks.\2.attn.", new)
+            if ".attn." in new:
+                block = self.stages[int(new.split(".")[1])].blocks[int(new.split(".")[3])]
+                if isinstance(block.attn, WindowAttention):
+                    new = new.replace(".proj_qkv.", ".qkv.").replace(".proj_out.", ".proj.")
+            renamed[new] = value
+        return renamed
+
+
+def _resize_table(table: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bicubic resize of a ``(heads, h, w)`` position table to ``(heads, *size)``."""
+    resized = F.interpolate(table[None].float(), size=tuple(size), mode="bicubic", align_corners=False)
+    return resized[0].to(table.dtype)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registered variants: the official v1 configurations (configs/dat_{tiny,small,base}.yaml, dat_base_384).
+
+_DEEP_STAGE_SPEC = (("L", "S"), ("L", "S"), ("L", "D") * 9, ("L", "D"))
+
+
+def _create(defaults: dict, **kwargs) -> DAT:
+    return DAT(**{**defaults, **kwargs})
+
+
+@register_model
+def dat_tiny(**kwargs) -> DAT:
+    """DAT-T: 28.3M parameters, 4.6 GMACs at 224, 82.0% ImageNet-1k top-1."""
+    return _create(dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), heads=(3, 6, 12, 24),
+                        groups=(-1, -1, 3, 6), drop_path_rate=0.2), **kwargs)  # fmt: skip
+
+
+@register_model
+def dat_small(**kwargs) -> DAT:
+    """DAT-S: 49.7M parameters, 9.0 GMACs at 224, 83.7% ImageNet-1k top-1."""
+    return _create(dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), heads=(3, 6, 12, 24),
+                        groups=(-1, -1, 3, 6), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.3), **kwargs)  # fmt: skip
+
+
+@register_model
+def dat_base(**kwargs) -> DAT:
+    """DAT-B: 87.9M parameters, 15.8 GMACs at 224, 84.0% ImageNet-1k top-1."""
+    return _create(dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), heads=(4, 8, 16, 32),
+                        groups=(-1, -1, 4, 8), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.5), **kwargs)  # fmt: skip
+
+
+@register_model
+def dat_base_384(**kwargs) -> DAT:
+    """DAT-B at 384x384 (windows 12): 88.2M parameters, 49.4 GMACs, 84.8% ImageNet-1k top-1."""
+    return _create(dict(img_size=384, dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), heads=(4, 8, 16, 32),
+                        groups=(-1, -1, 4, 8), window_sizes=(12, 12, 12, 12), stage_spec=_DEEP_STAGE_SPEC,
+                        drop_path_rate=0.5), **kwargs)  # fmt: skip

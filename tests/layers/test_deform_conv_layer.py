@@ -1,0 +1,112 @@
+"""Tests for deformvision.layers.deform_conv: DeformConv2d and DeformableConv2d."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
+from deformvision.ops.deform_conv import deform_conv2d
+
+# Keyword arguments shared by nn.Conv2d and both layers: groups, non-square kernel, stride, dilation.
+CONV_KWARGS = {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 2), "dilation": (1, 2), "groups": 2}
+
+
+def test_deform_conv2d_init_matches_conv2d():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, **CONV_KWARGS)
+    torch.manual_seed(0)
+    layer = DeformConv2d(4, 6, **CONV_KWARGS)
+    torch.testing.assert_close(layer.weight, conv.weight, rtol=0, atol=0)
+    torch.testing.assert_close(layer.bias, conv.bias, rtol=0, atol=0)
+    assert DeformConv2d(4, 6, 3, bias=False).bias is None
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_deform_conv2d_forward_is_the_op(use_mask):
+    torch.manual_seed(0)
+    layer = DeformConv2d(4, 6, **CONV_KWARGS).double()
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+    offset = torch.randn(2, 2 * 2 * 6, 4, 9, dtype=torch.float64)  # offset_groups = 2
+    mask = torch.rand(2, 2 * 6, 4, 9, dtype=torch.float64) if use_mask else None
+    expected = deform_conv2d(x, offset, layer.weight, layer.bias, (2, 1), (1, 2), (1, 2), mask)
+    torch.testing.assert_close(layer(x, offset, mask), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deformable_conv2d_init_is_plain_conv(modulated):
+    """Zero offsets at init; the modulated layer's mask is sigmoid(0) = 0.5 on every tap."""
+    torch.manual_seed(0)
+    layer = DeformableConv2d(4, 6, offset_groups=2, modulated=modulated, **CONV_KWARGS).double()
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+    scale = 0.5 if modulated else 1.0
+    expected = F.conv2d(x, scale * layer.weight, layer.bias, (2, 1), (1, 2), (1, 2), groups=2)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deformable_conv2d_state_dict(modulated):
+    layer = DeformableConv2d(4, 6, 3, offset_groups=2, modulated=modulated)
+    shapes = {name: tuple(value.shape) for name, value in layer.state_dict().items()}
+    predicted = (3 if modulated else 2) * 2 * 9
+    assert shapes == {
+        "weight": (6, 4, 3, 3),
+        "bias": (6,),
+        "conv_offset.weight": (predicted, 4, 3, 3),
+        "conv_offset.bias": (predicted,),
+    }
+    assert "bias" not in DeformableConv2d(4, 6, 3, bias=False).state_dict()
+
+
+def test_deformable_conv2d_loads_conv2d_weights():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    layer = DeformableConv2d(4, 6, 3, padding=1, modulated=False)
+    result = layer.load_state_dict(conv.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["conv_offset.bias", "conv_offset.weight"]
+    assert result.unexpected_keys == []
+    x = torch.randn(1, 4, 6, 6)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deformable_conv2d_backward(modulated):
+    torch.manual_seed(0)
+    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=modulated)
+    x = torch.randn(2, 4, 7, 6, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (2, 6, 7, 6)
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, parameter in layer.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        # The zero-initialised offset (and mask) predictor must still receive a gradient.
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_deformable_conv2d_uses_predicted_offsets():
+    torch.manual_seed(0)
+    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2).double()
+    nn.init.normal_(layer.conv_offset.weight, std=0.1)
+    x = torch.randn(1, 4, 7, 6, dtype=torch.float64)
+    prediction = layer.conv_offset(x)
+    offset, mask = prediction[:, :36], prediction[:, 36:].sigmoid()
+    expected = deform_conv2d(x, offset, layer.weight, layer.bias, padding=1, mask=mask)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    assert not torch.allclose(expected, F.conv2d(x, 0.5 * layer.weight, layer.bias, padding=1))
+
+
+def test_invalid_groups():
+    with pytest.raises(ValueError, match=r"must be divisible by groups \(3\)"):
+        DeformConv2d(4, 6, 3, groups=3)
+    with pytest.raises(ValueError, match=r"in_channels \(4\) must be divisible by offset_groups \(3\)"):
+        DeformableConv2d(4, 6, 3, offset_groups=3)
+    with pytest.raises(ValueError, match=r"kernel_size must be an int or a pair"):
+        DeformableConv2d(4, 6, (3, 3, 3))
+
+
+def test_repr():
+    assert repr(DeformConv2d(4, 6, 3, padding=1, bias=False)) == (
+        "DeformConv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)"
+    )
+    assert "offset_groups=2, modulated=True" in repr(DeformableConv2d(4, 6, 3, offset_groups=2))
