@@ -17,7 +17,7 @@ def naive_window_attention(attn: WindowAttention, x: torch.Tensor) -> torch.Tens
     tokens of the same rolled window that lie in the same shift region, with the relative position
     bias of their rolled in-window displacement.
     """
-    b, c, h, w = x.shape
+    b, h, w, c = x.shape
     ws, s, heads = attn.window_size, attn.shift_size, attn.num_heads
     hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
 
@@ -26,8 +26,7 @@ def naive_window_attention(attn: WindowAttention, x: torch.Tensor) -> torch.Tens
             return 0
         return 0 if r < size - ws else (1 if r < size - s else 2)
 
-    tokens = x.permute(0, 2, 3, 1)  # B, H, W, C
-    q, k, v = attn.qkv(tokens).chunk(3, dim=-1)
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
     q = q * attn.scale
     table = attn.relative_position_bias_table  # (2w-1)^2, heads
     out = torch.zeros(b, h, w, c, dtype=x.dtype)
@@ -48,7 +47,7 @@ def naive_window_attention(attn: WindowAttention, x: torch.Tensor) -> torch.Tens
         qq = q[:, i, j].view(b, heads, -1)
         logits = torch.einsum("bhd,bnhd->bhn", qq, kk) + bias.T[None]
         out[:, i, j] = torch.einsum("bhn,bnhd->bhd", logits.softmax(-1), vv).reshape(b, c)
-    return attn.proj(out).permute(0, 3, 1, 2)
+    return attn.proj(out)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +60,7 @@ def test_matches_naive_definition(window, shift, size):
     with torch.no_grad():
         attn.relative_position_bias_table.normal_()
         attn.qkv.bias.normal_()  # padded zeros get non-zero keys: they must still be masked
-    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    x = torch.randn(2, *size, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(attn(x), naive_window_attention(attn, x), atol=1e-12, rtol=0)
 
@@ -81,7 +80,7 @@ def test_mask_is_none_without_shift_or_padding():
 def test_any_size_runs_and_backpropagates():
     attn = WindowAttention(dim=16, num_heads=4, window_size=7, shift_size=4)
     for size in [(3, 5), (7, 7), (13, 20), (28, 28)]:
-        x = torch.randn(2, 16, *size, requires_grad=True)
+        x = torch.randn(2, *size, 16, requires_grad=True)
         y = attn(x)
         assert y.shape == x.shape
         y.square().sum().backward()

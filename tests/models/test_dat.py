@@ -73,7 +73,7 @@ def test_classifier_api():
     model = small_variant("dat_tiny", num_classes=7)
     x = torch.randn(2, 3, 64, 64)
     features = model.forward_features(x)
-    assert features.shape == (2, model.num_features, 2, 2)
+    assert features.shape == (2, 2, 2, model.num_features)  # channels last
     assert model.forward_head(features).shape == (2, 7)
     assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
     model.reset_classifier(3)

@@ -63,9 +63,9 @@ def test_stage_features_and_sampling_points(official):
         stem = model.stem(golden["input"])
         outputs, points = model.forward_stages(golden["input"])
         pooled = model.forward_head(model.norm(outputs[-1]), pre_logits=True)
-    torch.testing.assert_close(stem, golden["feat.stem"], atol=1e-5, rtol=0)
-    for i, out in enumerate(outputs):
-        torch.testing.assert_close(out, golden[f"feat.stage{i}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(stem.permute(0, 3, 1, 2), golden["feat.stem"], atol=1e-5, rtol=0)
+    for i, out in enumerate(outputs):  # ours are channels last
+        torch.testing.assert_close(out.permute(0, 3, 1, 2), golden[f"feat.stage{i}"], atol=1e-5, rtol=0)
     torch.testing.assert_close(pooled, golden["feat.pooled"], atol=1e-5, rtol=0)
     expected_blocks = {k.removeprefix("pos.") for k in golden if k.startswith("pos.")}
     assert {k.replace("stages.", "stage").replace(".blocks.", ".block") for k in points} == expected_blocks

@@ -5,6 +5,7 @@ from deformvision.layers.deformable_attention import DeformableAttention, Sampli
 from deformvision.layers.drop import DropPath, drop_path
 from deformvision.layers.mlp import Mlp
 from deformvision.layers.norm import LayerNorm2d
+from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
 from deformvision.layers.window_attention import WindowAttention
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "DropPath",
     "LayerNorm2d",
     "Mlp",
+    "PositionEmbeddingSine",
     "SamplingPoints",
     "WindowAttention",
     "drop_path",
+    "mask_to_level",
     "reference_points",
 ]

@@ -86,8 +86,8 @@ class DeformableAttention(nn.Module):
         proj_drop: dropout after the output projection.
 
     Shape:
-        - Input: ``(B, C, H, W)``
-        - Output: ``(B, C, H, W)`` and the :class:`SamplingPoints` of this call.
+        - Input: ``(B, H, W, C)`` (channels last)
+        - Output: ``(B, H, W, C)`` and the :class:`SamplingPoints` of this call.
     """
 
     def __init__(
@@ -133,11 +133,12 @@ class DeformableAttention(nn.Module):
         )
         if no_offset:
             self.conv_offset.requires_grad_(False)
-        self.proj_q = nn.Conv2d(dim, dim, 1)
-        self.proj_k = nn.Conv2d(dim, dim, 1)
-        self.proj_v = nn.Conv2d(dim, dim, 1)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
-        self.attn_drop = nn.Dropout(attn_drop)
+        # 1x1 convolutions in the official code (weights (C, C, 1, 1)); linear layers on channels-last here.
+        self.proj_q = nn.Linear(dim, dim)
+        self.proj_k = nn.Linear(dim, dim)
+        self.proj_v = nn.Linear(dim, dim)
+        self.proj_out = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
         h, w = self.fmap_size
@@ -154,7 +155,7 @@ class DeformableAttention(nn.Module):
                 nn.init.trunc_normal_(self.rpe_table, std=0.01)
 
     def sampling_points(self, q: torch.Tensor) -> SamplingPoints:
-        """Deformed positions ``(B*G, Hk, Wk, 2)`` and references (y, x) predicted from the queries."""
+        """Deformed positions ``(B*G, Hk, Wk, 2)`` and references (y, x) from the queries ``(B, C, H, W)``."""
         b = q.shape[0]
         q_groups = q.reshape(b * self.num_groups, self.group_dim, *q.shape[2:])  # B*G, C/G, H, W
         offset = self.conv_offset(q_groups)  # B*G, 2, Hk, Wk
@@ -192,14 +193,15 @@ class DeformableAttention(nn.Module):
         return bias.reshape(b * self.num_heads, height * width, -1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints]:
-        b, c, h, w = x.shape
-        g = self.num_groups
-        q = self.proj_q(x)
-        points = self.sampling_points(q)
+        b, h, w, c = x.shape
+        g, heads, hd = self.num_groups, self.num_heads, self.head_dim
+        q = self.proj_q(x)  # B, H, W, C
+        points = self.sampling_points(q.permute(0, 3, 1, 2))
         pos = points.positions  # B*G, Hk, Wk, 2
         hk, wk = pos.shape[1:3]
         num_keys = hk * wk
 
+        x = x.permute(0, 3, 1, 2)  # B, C, H, W
         if self.no_offset:
             x_sampled = F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride, ceil_mode=True)
         else:
@@ -210,32 +212,30 @@ class DeformableAttention(nn.Module):
                 padding_mode="zeros",
                 align_corners=True,
             )  # B*G, C/G, Hk, Wk
-        x_sampled = x_sampled.reshape(b, c, 1, num_keys)
+        x_sampled = x_sampled.reshape(b, c, num_keys).transpose(1, 2)  # B, Ns, C
 
-        q = q.reshape(b * self.num_heads, self.head_dim, h * w)
-        k = self.proj_k(x_sampled).reshape(b * self.num_heads, self.head_dim, num_keys)
-        v = self.proj_v(x_sampled).reshape(b * self.num_heads, self.head_dim, num_keys)
-        attn = torch.einsum("bcm,bcn->bmn", q, k) * self.scale  # B*heads, HW, Ns
+        q = q.reshape(b, h * w, heads, hd).transpose(1, 2)  # B, heads, HW, hd
+        k = self.proj_k(x_sampled).view(b, num_keys, heads, hd).transpose(1, 2)  # B, heads, Ns, hd
+        v = self.proj_v(x_sampled).view(b, num_keys, heads, hd).transpose(1, 2)  # B, heads, Ns, hd
 
-        lepe = None
-        if self.rpe_table is not None:
-            if self.dwc_pe:
-                lepe = self.rpe_table(q.reshape(b, c, h, w)).reshape(b * self.num_heads, self.head_dim, h * w)
-            elif self.fixed_pe:
+        bias = None  # added to the logits q k^T / sqrt(hd): B, heads, HW, Ns
+        if self.rpe_table is not None and not self.dwc_pe:
+            if self.fixed_pe:
                 if (h, w) != self.fmap_size:
                     raise ValueError(
                         f"fixed_pe deformable attention only runs at its construction size {self.fmap_size}, "
                         f"got {(h, w)}"
                     )
-                attn = attn + self.rpe_table[None].expand(b, -1, -1, -1).reshape(b * self.num_heads, h * w, -1)
+                bias = self.rpe_table[None].expand(b, -1, -1, -1)
             else:
-                attn = attn + self.position_bias(pos, h, w)
-        attn = self.attn_drop(attn.softmax(dim=2))
-        out = torch.einsum("bmn,bcn->bcm", attn, v)  # B*heads, C/heads, HW
-        if lepe is not None:
-            out = out + lepe
-        y = self.proj_drop(self.proj_out(out.reshape(b, c, h, w)))
-        points = SamplingPoints(
-            pos.reshape(b, g, hk, wk, 2), points.references.reshape(b, g, hk, wk, 2)
-        )
+                bias = self.position_bias(pos, h, w).view(b, heads, h * w, num_keys)
+        # softmax(q k^T * scale + bias) v, fused: the (HW, Ns) probabilities are not kept for backward
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )  # B, heads, HW, hd
+        out = out.transpose(1, 2).reshape(b, h, w, c)  # B, H, W, C
+        if self.rpe_table is not None and self.dwc_pe:  # depthwise-conv position encoding of the queries
+            out = out + self.rpe_table(q.transpose(2, 3).reshape(b, c, h, w)).permute(0, 2, 3, 1)
+        y = self.proj_drop(self.proj_out(out))
+        points = SamplingPoints(pos.reshape(b, g, hk, wk, 2), points.references.reshape(b, g, hk, wk, 2))
         return y, points

@@ -33,21 +33,21 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
-    """Split a ``(B, C, H, W)`` map into row-major windows: ``(B * nW, w*w, C)``, tokens row-major."""
-    b, c, h, w = x.shape
+    """Split a ``(B, H, W, C)`` map into row-major windows: ``(B * nW, w*w, C)``, tokens row-major."""
+    b, h, w, c = x.shape
     ws = window_size
-    x = x.view(b, c, h // ws, ws, w // ws, ws)  # B, C, nH, w, nW, w
-    x = x.permute(0, 2, 4, 3, 5, 1)  # B, nH, nW, w, w, C
+    x = x.view(b, h // ws, ws, w // ws, ws, c)  # B, nH, w, nW, w, C
+    x = x.permute(0, 1, 3, 2, 4, 5)  # B, nH, nW, w, w, C
     return x.reshape(-1, ws * ws, c)  # B*nH*nW, w*w, C
 
 
 def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: ``(B * nW, w*w, C)`` -> ``(B, C, height, width)``."""
+    """Inverse of :func:`window_partition`: ``(B * nW, w*w, C)`` -> ``(B, height, width, C)``."""
     ws = window_size
     c = windows.shape[-1]
     x = windows.view(-1, height // ws, width // ws, ws, ws, c)  # B, nH, nW, w, w, C
-    x = x.permute(0, 5, 1, 3, 2, 4)  # B, C, nH, w, nW, w
-    return x.reshape(-1, c, height, width)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # B, nH, w, nW, w, C
+    return x.reshape(-1, height, width, c)
 
 
 def window_attention_mask(
@@ -79,7 +79,7 @@ def window_attention_mask(
             for j, (w0, w1) in enumerate(bounds):
                 region[h0:h1, w0:w1] = 3 * i + j
         labels = region * 2 + is_pad
-    windows = window_partition(labels[None, None].float(), ws)[..., 0]  # nW, w*w
+    windows = window_partition(labels[None, :, :, None], ws)[..., 0]  # nW, w*w
     different = windows[:, :, None] != windows[:, None, :]  # nW, w*w, w*w
     return torch.zeros(different.shape, device=device).masked_fill(different, MASK_VALUE)
 
@@ -102,8 +102,8 @@ class WindowAttention(nn.Module):
         proj_drop: dropout after the output projection.
 
     Shape:
-        - Input: ``(B, C, H, W)``
-        - Output: ``(B, C, H, W)``
+        - Input: ``(B, H, W, C)`` (channels last)
+        - Output: ``(B, H, W, C)``
     """
 
     def __init__(
@@ -139,12 +139,12 @@ class WindowAttention(nn.Module):
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, h, w, c = x.shape
         ws, s = self.window_size, self.shift_size
-        x = F.pad(x, (0, (-w) % ws, 0, (-h) % ws))  # B, C, Hp, Wp
-        padded_h, padded_w = x.shape[2:]
+        x = F.pad(x, (0, 0, 0, (-w) % ws, 0, (-h) % ws))  # B, Hp, Wp, C
+        padded_h, padded_w = x.shape[1:3]
         if s > 0:
-            x = torch.roll(x, shifts=(-s, -s), dims=(2, 3))
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
 
         windows = window_partition(x, ws)  # B*nW, N, C with N = w*w
         n = windows.shape[1]
@@ -162,10 +162,10 @@ class WindowAttention(nn.Module):
         out = (attn @ v).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
         out = self.proj_drop(self.proj(out))
 
-        x = window_reverse(out, ws, padded_h, padded_w)  # B, C, Hp, Wp
+        x = window_reverse(out, ws, padded_h, padded_w)  # B, Hp, Wp, C
         if s > 0:
-            x = torch.roll(x, shifts=(s, s), dims=(2, 3))
-        return x[:, :, :h, :w]
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        return x[:, :h, :w]
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, window_size={self.window_size}, shift_size={self.shift_size}"

@@ -19,13 +19,13 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformvision.layers import DeformableAttention, DropPath, LayerNorm2d, Mlp, SamplingPoints, WindowAttention
+from deformvision.layers import DeformableAttention, DropPath, Mlp, SamplingPoints, WindowAttention
+from deformvision.models._features import FeatureInfo
 from deformvision.models._registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -33,30 +33,21 @@ logger = logging.getLogger(__name__)
 OFFSET_KERNEL_SIZES = (9, 7, 5, 3)  # depthwise kernel of the offset network, by stage
 
 
-@dataclass(frozen=True)
-class FeatureInfo:
-    """What one returned feature map of a backbone is: channels, stride w.r.t. the input, stage index."""
-
-    channels: int
-    stride: int
-    index: int
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping ``k x k`` stride-``k`` conv followed by LayerNorm (stem and downsampling).
 
     Shape:
         - Input: ``(B, C_in, H, W)``
-        - Output: ``(B, C_out, H // k, W // k)``
+        - Output: ``(B, H // k, W // k, C_out)`` (channels last, as the blocks work)
     """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, bias: bool = True) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size, bias=bias)
-        self.norm = LayerNorm2d(dim)
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class Block(nn.Module):
@@ -65,15 +56,15 @@ class Block(nn.Module):
     One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code.
 
     Shape:
-        - Input: ``(B, C, H, W)``
-        - Output: ``(B, C, H, W)`` and the block's :class:`SamplingPoints` (``None`` unless ``D``).
+        - Input: ``(B, H, W, C)`` (channels last)
+        - Output: ``(B, H, W, C)`` and the block's :class:`SamplingPoints` (``None`` unless ``D``).
     """
 
     def __init__(self, dim: int, attn: nn.Module, mlp_ratio: int, drop: float, drop_path: float) -> None:
         super().__init__()
-        self.norm1 = LayerNorm2d(dim)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
-        self.norm2 = LayerNorm2d(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio * dim, drop)
         self.drop_path = DropPath(drop_path)
 
@@ -83,8 +74,7 @@ class Block(nn.Module):
         if isinstance(y, tuple):  # deformable attention also returns its sampling points
             y, points = y
         x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # B, C, H, W via B, H, W, C
-        return x + self.drop_path(y), points
+        return x + self.drop_path(self.mlp(self.norm2(x))), points
 
 
 class Stage(nn.Module):
@@ -96,8 +86,9 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[SamplingPoints | None]]:
+        """``(B, H, W, C_in)`` -> ``(B, H', W', C)`` (halved by the downsampling, if any)."""
         if self.downsample is not None:
-            x = self.downsample(x)
+            x = self.downsample(x.permute(0, 3, 1, 2))
         points = []
         for block in self.blocks:
             x, block_points = block(x)
@@ -186,7 +177,8 @@ class DAT(nn.Module):
         self.out_indices = tuple(out_indices)
 
         self.stem = PatchEmbed(in_chans, dims[0], patch_size)
-        block_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        num_blocks = sum(depths)
+        block_rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         stages, block_index = [], 0
         for i in range(4):
             stride = patch_size * 2**i
@@ -212,9 +204,9 @@ class DAT(nn.Module):
 
         if features_only:
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
-            self.feature_norms = nn.ModuleDict({str(i): LayerNorm2d(dims[i]) for i in self.out_indices})
+            self.feature_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices})
         else:
-            self.norm = LayerNorm2d(dims[-1])
+            self.norm = nn.LayerNorm(dims[-1])
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
@@ -231,11 +223,12 @@ class DAT(nn.Module):
         """Run stem and stages.
 
         Returns:
-            The output map of every stage (``(B, dims[i], H / 4 / 2^i, W / 4 / 2^i)``, before any
-            norm) and the sampling points of every deformable block keyed ``'stages.{i}.blocks.{j}'``.
+            The output map of every stage, channels last (``(B, H / 4 / 2^i, W / 4 / 2^i, dims[i])``,
+            before any norm), and the sampling points of every deformable block keyed
+            ``'stages.{i}.blocks.{j}'``.
         """
         self._check_input(x)
-        x = self.stem(x)  # B, C0, H/4, W/4
+        x = self.stem(x)  # B, H/4, W/4, C0
         outputs, points = [], {}
         for i, stage in enumerate(self.stages):
             x, stage_points = stage(x)
@@ -254,20 +247,20 @@ class DAT(nn.Module):
         return self.forward_stages(x)[1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last stage map after the final LayerNorm: ``(B, num_features, H/32, W/32)``."""
+        """Last stage map after the final LayerNorm, channels last: ``(B, H/32, W/32, num_features)``."""
         if self.features_only:
             raise RuntimeError("forward_features is for classifiers; a features_only model's forward returns maps")
         return self.norm(self.forward_stages(x)[0][-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling and the linear head (``pre_logits``: return the pooled features)."""
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # B, C
+        x = x.mean(dim=(1, 2))  # B, C
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
             outputs = self.forward_stages(x)[0]
-            return [self.feature_norms[str(i)](outputs[i]) for i in self.out_indices]
+            return [self.feature_norms[str(i)](outputs[i]).permute(0, 3, 1, 2) for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -322,7 +315,7 @@ class DAT(nn.Module):
         for key, value in state_dict.items():
             if key.endswith(("attn_mask", "relative_position_index")):
                 continue  # size-dependent buffers: ours are computed at run time
-            new = key.replace(".norm.", ".")  # LayerNormProxy(...).norm -> LayerNorm2d
+            new = key.replace(".norm.", ".")  # LayerNormProxy(C).norm -> nn.LayerNorm(C)
             new = re.sub(r"^patch_proj\.0\.", "stem.proj.", new)
             new = re.sub(r"^patch_proj\.1\.", "stem.norm.", new)
             new = re.sub(r"^down_projs\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.proj.", new)
@@ -340,6 +333,8 @@ class DAT(nn.Module):
                 block = self.stages[int(new.split(".")[1])].blocks[int(new.split(".")[3])]
                 if isinstance(block.attn, WindowAttention):
                     new = new.replace(".proj_qkv.", ".qkv.").replace(".proj_out.", ".proj.")
+                elif re.search(r"\.proj_(q|k|v|out)\.weight$", new):
+                    value = value.flatten(1)  # 1x1 conv (C, C, 1, 1) -> linear (C, C)
             renamed[new] = value
         return renamed
 

@@ -1,0 +1,495 @@
+"""Triton kernels for multi-scale deformable attention (forward and backward).
+
+Shapes (all tensors contiguous, on one device):
+
+- ``value``               (N, S, M, D)          S = sum_l H_l * W_l, M heads, D head dim (any D)
+- ``spatial_shapes``      (L, 2) int64          rows (H_l, W_l)
+- ``level_start_index``   (L,) int64            exclusive cumsum of H_l * W_l
+- ``sampling_locations``  (N, Lq, M, L, P, 2)   normalised to [0, 1], last dim (x, y)
+- ``attention_weights``   (N, Lq, M, L, P)
+- output                  (N, Lq, M * D)
+
+For every query and head the output is ``sum_{l, p} w * bilinear(value_l, loc)`` where ``bilinear`` is
+``F.grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=False)``: pixel coordinates are
+``x = loc_x * W - 0.5`` and ``y = loc_y * H - 0.5``; each of the four corners contributes only if it lies
+inside the feature map. Non-finite locations sample zeros and get zero gradients.
+
+Kernel layout
+-------------
+Forward and backward use a 1-D grid with one program per (n, block of BLOCK_Q queries, head m); the head
+index varies fastest, so programs running side by side share the queries and the image. A program holds a
+(BLOCK_Q, BLOCK_D) tile, BLOCK_D being the next power of two >= D with the tail masked, and loops over
+the L levels and P points. Each tap gathers four corner rows of D values with masked loads and
+accumulates in fp32; results are cast to the dtype of the matching input when stored.
+
+The backward kernel recomputes the four corner rows. ``grad_attention_weights`` and
+``grad_sampling_locations`` belong to one tap each, so they are plain stores (the reduction over D happens
+inside the program). ``grad_value`` receives contributions from many taps:
+
+- default mode: ``tl.atomic_add`` into an fp32 buffer that is cast to ``value.dtype`` at the end. The
+  order of the additions, hence the rounding, may differ from run to run on a GPU.
+- deterministic mode: the kernel writes, for every (tap, corner), the destination row of ``grad_value``
+  (viewed as (N * S * M, D)) and the scalar coefficient ``w * corner_weight`` (the contribution is this
+  coefficient times the tap's ``grad_output`` row). The entries are grouped by destination with a stable
+  ``torch.sort`` (its result is unique, hence deterministic on CUDA as well) and ``torch.searchsorted``
+  gives each destination its segment. A second kernel runs one program per destination row and sums its
+  segment sequentially in sorted (= original entry) order, so the result is bitwise reproducible. Cost:
+  two buffers of N * Lq * M * L * P * 4 entries (int64 keys, fp32 coefficients) plus the sort.
+
+Triton is imported lazily, so the library imports without it, and the kernels are plain functions wrapped
+on first use. As with ``triton.jit``, they run in the Triton interpreter when ``TRITON_INTERPRET=1`` is
+set (the only way to run them on CPU tensors), compiled otherwise. The interpreter needs the variable set
+before triton is first imported (triton builds its own helpers such as ``tl.zeros`` and ``tl.sum`` for the
+interpreter at import) and still set at launch (triton imports more modules lazily); a clear error is
+raised otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# `triton.language`, bound by `_wrap` on first use: the kernels below resolve `tl` as a module global (their
+# `tl.constexpr` annotations stay strings thanks to `from __future__ import annotations`).
+tl: Any = None
+
+# Query-kernel tiles hold (at least) this many values, 4 per thread: compiled for sm_80/sm_90, the forward
+# kernel then needs about 100 registers and the backward kernel about 170, without spills.
+_TILE = 512
+
+
+def is_available() -> bool:
+    """Whether triton can be imported."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _msda_forward_kernel(
+    value_ptr,  # (N, S, M, D)
+    shapes_ptr,  # (L, 2) int64, rows (H, W)
+    level_start_ptr,  # (L,) int64
+    loc_ptr,  # (N, Lq, M, L, P, 2)
+    attn_ptr,  # (N, Lq, M, L, P)
+    out_ptr,  # (N, Lq, M * D)
+    S,
+    Lq,
+    M,
+    D,
+    L,
+    P,
+    num_q_blocks,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    m = pid % M
+    q_block = (pid // M) % num_q_blocks
+    n = (pid // (M * num_q_blocks)).to(tl.int64)
+
+    q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)  # [BLOCK_Q]
+    q_mask = q < Lq
+    d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    d_mask = d < D
+    d_mask_2d = d_mask[None, :]
+    row = (n * Lq + q) * M + m  # [BLOCK_Q] int64, row of the (N * Lq * M, D) view of the output
+    value_row_stride = M * D  # elements between value[n, s] and value[n, s + 1]
+    value_head = value_ptr + n * S * value_row_stride + m * D + d[None, :]  # [1, BLOCK_D] pointers
+
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    for lvl in range(L):
+        H = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(level_start_ptr + lvl)  # int64
+        H_f = H.to(tl.float32)
+        W_f = W.to(tl.float32)
+        for pt in range(P):
+            tap = (row * L + lvl) * P + pt  # [BLOCK_Q] int64
+            x = tl.load(loc_ptr + 2 * tap, mask=q_mask, other=0.0).to(tl.float32) * W_f - 0.5
+            y = tl.load(loc_ptr + 2 * tap + 1, mask=q_mask, other=0.0).to(tl.float32) * H_f - 0.5
+            a = tl.load(attn_ptr + tap, mask=q_mask, other=0.0).to(tl.float32)
+
+            # Taps outside (-1, W) x (-1, H) touch no pixel; nan/inf fail the test too. Zeroing their
+            # coordinates keeps floor() and the int32 conversion in range.
+            inside = q_mask & (x >= -1.0) & (x < W_f) & (y >= -1.0) & (y < H_f)
+            x = tl.where(inside, x, 0.0)
+            y = tl.where(inside, y, 0.0)
+            x0_f = tl.floor(x)
+            y0_f = tl.floor(y)
+            lx = x - x0_f  # weight of the x0 + 1 column
+            ly = y - y0_f  # weight of the y0 + 1 row
+            hx = 1.0 - lx
+            hy = 1.0 - ly
+            x0 = x0_f.to(tl.int32)
+            y0 = y0_f.to(tl.int32)
+            ok_x0 = x0 >= 0
+            ok_x1 = x0 + 1 < W
+            ok_y0 = inside & (y0 >= 0)
+            ok_y1 = inside & (y0 + 1 < H)
+
+            offset00 = ((start + y0 * W + x0) * value_row_stride)[:, None]  # [BLOCK_Q, 1] int64
+            offset01 = offset00 + value_row_stride
+            offset10 = offset00 + W.to(tl.int64) * value_row_stride
+            offset11 = offset10 + value_row_stride
+            v00 = tl.load(value_head + offset00, mask=(ok_y0 & ok_x0)[:, None] & d_mask_2d, other=0.0)
+            v01 = tl.load(value_head + offset01, mask=(ok_y0 & ok_x1)[:, None] & d_mask_2d, other=0.0)
+            v10 = tl.load(value_head + offset10, mask=(ok_y1 & ok_x0)[:, None] & d_mask_2d, other=0.0)
+            v11 = tl.load(value_head + offset11, mask=(ok_y1 & ok_x1)[:, None] & d_mask_2d, other=0.0)
+
+            acc += (a * hy * hx)[:, None] * v00.to(tl.float32)
+            acc += (a * hy * lx)[:, None] * v01.to(tl.float32)
+            acc += (a * ly * hx)[:, None] * v10.to(tl.float32)
+            acc += (a * ly * lx)[:, None] * v11.to(tl.float32)
+
+    out_ptrs = out_ptr + row[:, None] * D + d[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask_2d)
+
+
+def _msda_backward_kernel(
+    grad_out_ptr,  # (N, Lq, M * D)
+    value_ptr,  # (N, S, M, D)
+    shapes_ptr,  # (L, 2) int64, rows (H, W)
+    level_start_ptr,  # (L,) int64
+    loc_ptr,  # (N, Lq, M, L, P, 2)
+    attn_ptr,  # (N, Lq, M, L, P)
+    grad_value_acc_ptr,  # (N, S, M, D) fp32, zero-initialised; used when not DETERMINISTIC
+    keys_ptr,  # (N, Lq, M, L, P, 4) int64; used when DETERMINISTIC
+    coefs_ptr,  # (N, Lq, M, L, P, 4) fp32; used when DETERMINISTIC
+    grad_loc_ptr,  # (N, Lq, M, L, P, 2)
+    grad_attn_ptr,  # (N, Lq, M, L, P)
+    S,
+    Lq,
+    M,
+    D,
+    L,
+    P,
+    num_q_blocks,
+    invalid_key,  # N * S * M: key of corners outside the map, sorts after every real row
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    m = pid % M
+    q_block = (pid // M) % num_q_blocks
+    n = (pid // (M * num_q_blocks)).to(tl.int64)
+
+    q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)  # [BLOCK_Q]
+    q_mask = q < Lq
+    d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    d_mask = d < D
+    d_mask_2d = d_mask[None, :]
+    row = (n * Lq + q) * M + m  # [BLOCK_Q] int64, row of the (N * Lq * M, D) view of grad_output
+    value_row_stride = M * D
+    value_head_offset = n * S * value_row_stride + m * D + d[None, :]  # [1, BLOCK_D] int64
+    value_head = value_ptr + value_head_offset
+    grad_value_head = grad_value_acc_ptr + value_head_offset
+    # Destination row of a pixel s in the (N * S * M, D) view of grad_value is key_base + s * M.
+    key_base = n * S * M + m
+
+    g = tl.load(grad_out_ptr + row[:, None] * D + d[None, :], mask=q_mask[:, None] & d_mask_2d, other=0.0)
+    g = g.to(tl.float32)  # [BLOCK_Q, BLOCK_D]
+
+    for lvl in range(L):
+        H = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(level_start_ptr + lvl)  # int64
+        H_f = H.to(tl.float32)
+        W_f = W.to(tl.float32)
+        for pt in range(P):
+            tap = (row * L + lvl) * P + pt  # [BLOCK_Q] int64
+            x = tl.load(loc_ptr + 2 * tap, mask=q_mask, other=0.0).to(tl.float32) * W_f - 0.5
+            y = tl.load(loc_ptr + 2 * tap + 1, mask=q_mask, other=0.0).to(tl.float32) * H_f - 0.5
+            a = tl.load(attn_ptr + tap, mask=q_mask, other=0.0).to(tl.float32)
+
+            # Same sampling set-up as the forward kernel.
+            inside = q_mask & (x >= -1.0) & (x < W_f) & (y >= -1.0) & (y < H_f)
+            x = tl.where(inside, x, 0.0)
+            y = tl.where(inside, y, 0.0)
+            x0_f = tl.floor(x)
+            y0_f = tl.floor(y)
+            lx = x - x0_f
+            ly = y - y0_f
+            hx = 1.0 - lx
+            hy = 1.0 - ly
+            x0 = x0_f.to(tl.int32)
+            y0 = y0_f.to(tl.int32)
+            ok_x0 = x0 >= 0
+            ok_x1 = x0 + 1 < W
+            ok00 = inside & (y0 >= 0) & ok_x0
+            ok01 = inside & (y0 >= 0) & ok_x1
+            ok10 = inside & (y0 + 1 < H) & ok_x0
+            ok11 = inside & (y0 + 1 < H) & ok_x1
+
+            pixel00 = start + y0 * W + x0  # [BLOCK_Q] int64, may be negative where masked
+            offset00 = (pixel00 * value_row_stride)[:, None]
+            offset01 = offset00 + value_row_stride
+            offset10 = offset00 + W.to(tl.int64) * value_row_stride
+            offset11 = offset10 + value_row_stride
+            mask00 = ok00[:, None] & d_mask_2d  # [BLOCK_Q, BLOCK_D]
+            mask01 = ok01[:, None] & d_mask_2d
+            mask10 = ok10[:, None] & d_mask_2d
+            mask11 = ok11[:, None] & d_mask_2d
+            v00 = tl.load(value_head + offset00, mask=mask00, other=0.0)
+            v01 = tl.load(value_head + offset01, mask=mask01, other=0.0)
+            v10 = tl.load(value_head + offset10, mask=mask10, other=0.0)
+            v11 = tl.load(value_head + offset11, mask=mask11, other=0.0)
+
+            # <grad_output, corner value> for each corner, [BLOCK_Q]
+            gv00 = tl.sum(g * v00.to(tl.float32), axis=1)
+            gv01 = tl.sum(g * v01.to(tl.float32), axis=1)
+            gv10 = tl.sum(g * v10.to(tl.float32), axis=1)
+            gv11 = tl.sum(g * v11.to(tl.float32), axis=1)
+
+            grad_a = hy * hx * gv00 + hy * lx * gv01 + ly * hx * gv10 + ly * lx * gv11
+            grad_x = hy * (gv01 - gv00) + ly * (gv11 - gv10)  # d/dx of <grad_output, sample>
+            grad_y = hx * (gv10 - gv00) + lx * (gv11 - gv01)
+            tl.store(grad_attn_ptr + tap, grad_a.to(grad_attn_ptr.dtype.element_ty), mask=q_mask)
+            grad_loc_dtype = grad_loc_ptr.dtype.element_ty
+            tl.store(grad_loc_ptr + 2 * tap, (a * W_f * grad_x).to(grad_loc_dtype), mask=q_mask)
+            tl.store(grad_loc_ptr + 2 * tap + 1, (a * H_f * grad_y).to(grad_loc_dtype), mask=q_mask)
+
+            c00 = a * hy * hx  # [BLOCK_Q] coefficient of grad_output in grad_value of each corner
+            c01 = a * hy * lx
+            c10 = a * ly * hx
+            c11 = a * ly * lx
+            if DETERMINISTIC:
+                entry = tap * 4  # [BLOCK_Q] int64, first of the tap's 4 corner entries
+                key00 = key_base + pixel00 * M
+                key10 = key00 + W.to(tl.int64) * M
+                tl.store(keys_ptr + entry, tl.where(ok00, key00, invalid_key), mask=q_mask)
+                tl.store(keys_ptr + entry + 1, tl.where(ok01, key00 + M, invalid_key), mask=q_mask)
+                tl.store(keys_ptr + entry + 2, tl.where(ok10, key10, invalid_key), mask=q_mask)
+                tl.store(keys_ptr + entry + 3, tl.where(ok11, key10 + M, invalid_key), mask=q_mask)
+                tl.store(coefs_ptr + entry, c00, mask=q_mask)
+                tl.store(coefs_ptr + entry + 1, c01, mask=q_mask)
+                tl.store(coefs_ptr + entry + 2, c10, mask=q_mask)
+                tl.store(coefs_ptr + entry + 3, c11, mask=q_mask)
+            else:
+                tl.atomic_add(grad_value_head + offset00, c00[:, None] * g, mask=mask00, sem="relaxed")
+                tl.atomic_add(grad_value_head + offset01, c01[:, None] * g, mask=mask01, sem="relaxed")
+                tl.atomic_add(grad_value_head + offset10, c10[:, None] * g, mask=mask10, sem="relaxed")
+                tl.atomic_add(grad_value_head + offset11, c11[:, None] * g, mask=mask11, sem="relaxed")
+
+
+def _msda_grad_value_gather_kernel(
+    grad_out_ptr,  # (N * Lq * M, D) view of grad_output
+    order_ptr,  # (E,) int64, entries sorted by destination row (stable)
+    coefs_ptr,  # (E,) fp32, indexed by entry
+    segment_ptr,  # (N * S * M + 1,) int64, first sorted position of each destination row
+    grad_value_ptr,  # (N * S * M, D) view of grad_value
+    D,
+    entries_per_row,  # L * P * 4 entries per (n, q, m) row of grad_output
+    BLOCK_D: tl.constexpr,
+):
+    dest = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    begin = tl.load(segment_ptr + dest)
+    end = tl.load(segment_ptr + dest + 1)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for i in range(begin, end):  # fixed order: the sort is stable
+        entry = tl.load(order_ptr + i)
+        coef = tl.load(coefs_ptr + entry)
+        source_row = entry // entries_per_row
+        g = tl.load(grad_out_ptr + source_row * D + d, mask=d_mask, other=0.0)
+        acc += coef * g.to(tl.float32)
+    tl.store(grad_value_ptr + dest * D + d, acc.to(grad_value_ptr.dtype.element_ty), mask=d_mask)
+
+
+def _kernel(fn: Callable[..., None], device: torch.device) -> Any:
+    """The launchable kernel for tensors on ``device``: interpreted or compiled, see the module docstring."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if not interpret and device.type == "cpu":
+        raise RuntimeError(
+            "The Triton deformable-attention kernels run on CPU tensors only in the Triton interpreter: "
+            "set TRITON_INTERPRET=1 before triton is first imported."
+        )
+    if interpret and not _triton_built_for_interpreter():
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton had been imported; set it before.")
+    return _wrap(fn, interpret)
+
+
+@functools.cache
+def _wrap(fn: Callable[..., None], interpret: bool) -> Any:
+    """What ``triton.jit`` returns for ``fn`` with TRITON_INTERPRET set to ``interpret`` (built once)."""
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(fn)
+    return triton.runtime.JITFunction(fn)
+
+
+def _triton_built_for_interpreter() -> bool:
+    """Whether triton's own jitted helpers were built for the interpreter (TRITON_INTERPRET=1 at import)."""
+    import triton.language
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(triton.language.zeros, InterpretedFunction)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _launch_config(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_Q, BLOCK_D, num_warps) of the query kernels; BLOCK_D is the next power of two >= head_dim."""
+    block_d = 1 << max(head_dim - 1, 0).bit_length()
+    block_q = max(1, _TILE // block_d)
+    num_warps = min(16, max(4, block_q * block_d // 128))
+    return block_q, block_d, num_warps
+
+
+def _prepare(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous inputs, with the int64 level metadata on the value's device (no-ops when already so)."""
+    device = value.device
+    return (
+        value.contiguous(),
+        spatial_shapes.to(device=device, dtype=torch.int64).contiguous(),
+        level_start_index.to(device=device, dtype=torch.int64).contiguous(),
+        sampling_locations.contiguous(),
+        attention_weights.contiguous(),
+    )
+
+
+def ms_deform_attn_forward(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention; returns (N, Lq, M * D) in ``value.dtype``."""
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = _prepare(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    out = torch.empty((N, Lq, M * D), device=value.device, dtype=value.dtype)
+    if out.numel() == 0:
+        return out
+    block_q, block_d, num_warps = _launch_config(D)
+    num_q_blocks = _cdiv(Lq, block_q)
+    _kernel(_msda_forward_kernel, value.device)[(N * num_q_blocks * M,)](
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        out,
+        S,
+        Lq,
+        M,
+        D,
+        L,
+        P,
+        num_q_blocks,
+        BLOCK_Q=block_q,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+    return out
+
+
+def ms_deform_attn_backward(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (grad_value, grad_sampling_locations, grad_attention_weights), each in its input's dtype.
+
+    ``deterministic=True`` reduces ``grad_value`` with a stable sort and a sequential per-row sum instead of
+    atomic adds, which makes it bitwise reproducible (and slower, with O(N * Lq * M * L * P) extra memory).
+    """
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = _prepare(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    grad_output = grad_output.contiguous()
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    device = value.device
+    if N * Lq * M == 0 or L * P == 0:
+        grad_value = torch.zeros_like(value)
+        return grad_value, torch.zeros_like(sampling_locations), torch.zeros_like(attention_weights)
+    grad_loc = torch.empty_like(sampling_locations)  # every tap is written by the kernel
+    grad_attn = torch.empty_like(attention_weights)
+
+    block_q, block_d, num_warps = _launch_config(D)
+    num_q_blocks = _cdiv(Lq, block_q)
+    num_entries = N * Lq * M * L * P * 4
+    if deterministic:
+        keys = torch.empty(num_entries, device=device, dtype=torch.int64)
+        coefs = torch.empty(num_entries, device=device, dtype=torch.float32)
+        grad_value_acc = coefs  # unused by the kernel in this mode
+    else:
+        grad_value_acc = torch.zeros((N, S, M, D), device=device, dtype=torch.float32)
+        keys = coefs = grad_value_acc  # unused by the kernel in this mode
+
+    _kernel(_msda_backward_kernel, device)[(N * num_q_blocks * M,)](
+        grad_output,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_value_acc,
+        keys,
+        coefs,
+        grad_loc,
+        grad_attn,
+        S,
+        Lq,
+        M,
+        D,
+        L,
+        P,
+        num_q_blocks,
+        N * S * M,
+        BLOCK_Q=block_q,
+        BLOCK_D=block_d,
+        DETERMINISTIC=deterministic,
+        num_warps=num_warps,
+    )
+    if not deterministic:
+        return grad_value_acc.to(value.dtype), grad_loc, grad_attn
+
+    grad_value = torch.empty_like(value)
+    num_rows = N * S * M
+    if num_rows == 0:
+        return grad_value, grad_loc, grad_attn
+    sorted_keys, order = torch.sort(keys, stable=True)
+    rows = torch.arange(num_rows + 1, device=device, dtype=torch.int64)
+    segments = torch.searchsorted(sorted_keys, rows)  # (N * S * M + 1,)
+    _kernel(_msda_grad_value_gather_kernel, device)[(num_rows,)](
+        grad_output,
+        order,
+        coefs,
+        segments,
+        grad_value,
+        D,
+        L * P * 4,
+        BLOCK_D=block_d,
+        num_warps=min(8, max(1, block_d // 128)),
+    )
+    return grad_value, grad_loc, grad_attn

@@ -1,0 +1,80 @@
+"""DAT's deformable attention layer: offsets, reference grid, ablation switches, gradients."""
+
+import pytest
+import torch
+
+from deformvision.layers import DeformableAttention, reference_points
+
+
+def make(**kwargs) -> DeformableAttention:
+    torch.manual_seed(0)
+    args = dict(dim=16, num_heads=4, num_groups=2, fmap_size=(6, 6), offset_kernel_size=5)
+    return DeformableAttention(**{**args, **kwargs})
+
+
+def test_reference_points_are_cell_centres():
+    ref = reference_points(2, 4, batch=1, dtype=torch.float64, device=torch.device("cpu"))
+    assert ref.shape == (1, 2, 4, 2)
+    torch.testing.assert_close(ref[0, :, 0, 0], torch.tensor([-0.5, 0.5], dtype=torch.float64))  # y
+    torch.testing.assert_close(ref[0, 0, :, 1], torch.tensor([-0.75, -0.25, 0.25, 0.75], dtype=torch.float64))
+
+
+def test_offsets_are_bounded_by_range_factor():
+    attn = make(offset_range_factor=2.0)
+    with torch.no_grad():
+        attn.conv_offset[3].weight.mul_(100)  # saturate tanh
+        _, points = attn(torch.randn(2, 6, 4, 16))
+    delta = points.positions - points.references
+    assert delta.shape == (2, 2, 6, 4, 2)
+    assert delta[..., 0].abs().max() <= 2 / 6 + 1e-6 and delta[..., 1].abs().max() <= 2 / 4 + 1e-6
+    assert delta[..., 0].abs().max() > 0.9 * 2 / 6  # saturated: the bound is reached
+
+
+def test_zero_offset_network_samples_the_reference_grid():
+    attn = make()
+    with torch.no_grad():
+        attn.conv_offset[3].weight.zero_()
+        _, points = attn(torch.randn(1, 6, 6, 16))
+    torch.testing.assert_close(points.positions, points.references, atol=0, rtol=0)
+
+
+def test_runs_at_sizes_other_than_construction():
+    attn = make()
+    for size in [(3, 3), (6, 6), (9, 13)]:
+        y, points = attn(torch.randn(2, *size, 16))
+        assert y.shape == (2, *size, 16) and points.positions.shape == (2, 2, *size, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(dwc_pe=True), dict(use_pe=False), dict(no_offset=True, stride=2), dict(offset_range_factor=-1),
+     dict(stride=2, offset_kernel_size=3), dict(fixed_pe=True)],
+)  # fmt: skip
+def test_ablation_switches_run_and_backpropagate(kwargs):
+    attn = make(**kwargs)
+    x = torch.randn(2, 6, 6, 16, requires_grad=True)
+    y, points = attn(x)
+    y.square().sum().backward()
+    assert y.shape == x.shape and torch.isfinite(x.grad).all()
+    if kwargs.get("no_offset"):
+        torch.testing.assert_close(points.positions, points.references)
+        assert points.positions.shape[2:4] == (3, 3)  # stride 2 key grid
+
+
+def test_fixed_pe_only_at_construction_size():
+    with pytest.raises(ValueError, match="construction size"):
+        make(fixed_pe=True)(torch.randn(1, 5, 6, 16))
+
+
+def test_gradcheck_float64():
+    attn = make(dim=8, num_heads=2, num_groups=2, fmap_size=(3, 3), offset_kernel_size=3).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(1, 3, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: attn(t)[0], (x,), eps=1e-6, atol=1e-5)
+
+
+def test_rejects_indivisible_heads_and_groups():
+    with pytest.raises(ValueError, match="divisible"):
+        make(num_heads=3)
