@@ -191,3 +191,19 @@ def test_drop_path_is_active_only_in_training():
     torch.manual_seed(1)
     with torch.no_grad():
         assert not torch.equal(model(x), model(x))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = small_variant("dat_tiny", num_classes=3).double()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    torch.manual_seed(1)  # the same stochastic-depth draws in both runs (checkpointing replays them)
+    model(x).square().sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.set_grad_checkpointing()
+    torch.manual_seed(1)
+    model(x).square().sum().backward()
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], atol=1e-12, rtol=0)

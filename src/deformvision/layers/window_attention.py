@@ -126,7 +126,7 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -147,19 +147,22 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
 
         windows = window_partition(x, ws)  # B*nW, N, C with N = w*w
-        n = windows.shape[1]
-        q, k, v = self.qkv(windows).chunk(3, dim=-1)  # each B*nW, N, C
-        q = q * self.scale
-        q, k, v = (t.view(-1, n, self.num_heads, c // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        attn = q @ k.transpose(-2, -1)  # B*nW, heads, N, N
-        attn = attn + self.relative_position_bias()[None]
+        n, heads = windows.shape[1], self.num_heads
+        qkv = self.qkv(windows).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias()[None]  # 1, heads, N, N
         mask = window_attention_mask(h, w, ws, s, device=x.device)
         if mask is not None:
+            # Fold the windows into the head dimension so that the per-window mask broadcasts over the
+            # batch: (B, nW * heads, N, *) with a (1, nW * heads, N, N) bias.
             num_windows = mask.shape[0]
-            attn = attn.view(b, num_windows, self.num_heads, n, n) + mask.to(attn.dtype)[None, :, None]
-            attn = attn.view(-1, self.num_heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
+            q, k, v = (t.reshape(b, num_windows * heads, n, -1) for t in (q, k, v))
+            bias = (bias + mask.to(bias.dtype)[:, None]).reshape(1, num_windows * heads, n, n)
+        # softmax(q k^T * scale + bias) v, fused
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
+        out = out.reshape(-1, heads, n, c // heads).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
         out = self.proj_drop(self.proj(out))
 
         x = window_reverse(out, ws, padded_h, padded_w)  # B, Hp, Wp, C

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, DropPath, Mlp, SamplingPoints, WindowAttention
 from deformvision.models._features import FeatureInfo
@@ -78,12 +79,17 @@ class Block(nn.Module):
 
 
 class Stage(nn.Module):
-    """Optional downsampling followed by the stage's blocks."""
+    """Optional downsampling followed by the stage's blocks.
+
+    With ``grad_checkpointing`` each block's activations are recomputed in the backward pass instead
+    of being stored (less memory, about one more forward pass of time).
+    """
 
     def __init__(self, downsample: nn.Module | None, blocks: Sequence[Block]) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[SamplingPoints | None]]:
         """``(B, H, W, C_in)`` -> ``(B, H', W', C)`` (halved by the downsampling, if any)."""
@@ -91,7 +97,10 @@ class Stage(nn.Module):
             x = self.downsample(x.permute(0, 3, 1, 2))
         points = []
         for block in self.blocks:
-            x, block_points = block(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, block_points = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, block_points = block(x)
             points.append(block_points)
         return x, points
 
@@ -262,6 +271,15 @@ class DAT(nn.Module):
             outputs = self.forward_stages(x)[0]
             return [self.feature_norms[str(i)](outputs[i]).permute(0, 3, 1, 2) for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations.
+
+        Training memory then grows with one block instead of all of them, which is what makes large
+        inputs (detection sizes such as 800x1216) trainable; it costs about one extra forward pass.
+        """
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a new one for ``num_classes`` classes (0: no head)."""
