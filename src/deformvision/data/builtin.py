@@ -1,0 +1,217 @@
+"""Built-in datasets that need no download, made from scikit-learn's bundled handwritten digits.
+
+Source: ``sklearn.datasets.load_digits`` (UCI optical digits: 1797 grayscale 8x8 images, values
+0..16, classes 0..9, about 180 per class). :func:`split_digits` splits them once per seed, 80/20 and
+stratified by class; the training sets below use only the training digits, the validation sets only
+the others.
+
+Builds are deterministic (same seed and arguments: byte-identical files) and idempotent: a finished
+build ends with ``deformvision_dataset.json`` (the arguments) in ``root``; calling again with the
+same arguments returns at once, with other arguments raises ``ValueError`` (as does a ``root`` that
+exists, is not empty and holds no finished build). Files are written to a hidden sibling folder and moved to ``root``
+when complete, so an interrupted build leaves ``root`` untouched.
+"""
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+MARKER = "deformvision_dataset.json"
+_INK = 0.25  # ink opacity at which a rendered pixel counts as part of the digit (for tight boxes)
+_PLACEMENT_TRIES = 20  # positions tried per digit before it is left out of a canvas
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (1797, 8, 8) float64 in [0, 1], labels (1797,) int64)``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError("the built-in digits datasets need scikit-learn: pip install scikit-learn") from err
+    digits = load_digits()
+    return digits.images / 16.0, digits.target.astype(np.int64)
+
+
+def split_digits(labels: np.ndarray, seed: int, val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split: ``(train indices, val indices)``, each sorted; ``round(val_fraction * n_c)`` of
+    each class's ``n_c`` samples, chosen at random with ``seed``, go to validation."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for digit in range(10):
+        indices = rng.permutation(np.flatnonzero(labels == digit))
+        num_val = round(val_fraction * len(indices))
+        val.append(indices[:num_val])
+        train.append(indices[num_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _build(root: Path, spec: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Return ``root`` if it holds a finished build of ``spec``; else ``write`` a new one into it."""
+    root = Path(root)
+    if _is_built(root, spec):
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} exists and is not empty; remove it or choose another root for the built-in dataset")
+    partial = root.with_name(f".{root.name}.partial-{os.getpid()}")  # per process: concurrent builds don't collide
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write(partial)
+    (partial / MARKER).write_text(json.dumps(spec, indent=2) + "\n")
+    try:
+        if root.exists():
+            root.rmdir()
+        os.replace(partial, root)
+    except OSError:
+        if not _is_built(root, spec):  # another process finished first: fine if it built the same
+            raise
+        shutil.rmtree(partial)
+    return root
+
+
+def _is_built(root: Path, spec: dict[str, Any]) -> bool:
+    marker = root / MARKER
+    if not marker.is_file():
+        return False
+    built = json.loads(marker.read_text())
+    if built != spec:
+        raise ValueError(f"{root} holds a dataset built with {built}, not {spec}; remove it or choose another root")
+    return True
+
+
+def _render_ink(digit: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(8, 8)`` ink in ``[0, 1]`` -> ``(height, width)`` float32 ink, bilinear."""
+    resized = Image.fromarray(digit.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized).clip(0.0, 1.0)
+
+
+def _paint(pixels: np.ndarray, ink: np.ndarray, color: np.ndarray) -> None:
+    """Blend ``color`` over ``(h, w, 3)`` float ``pixels`` in place with opacity ``ink`` ``(h, w)``."""
+    pixels += ink[..., None] * (color - pixels)
+
+
+def build_digits_classification(root: str | Path, img_size: int = 32, seed: int = 0) -> Path:
+    """Write an :class:`~deformvision.data.ImageFolder` tree of the digits and return ``root``.
+
+    Layout: ``root/{train,val}/<digit>/<source index:04d>.png`` (1438 train / 359 val images, classes
+    ``"0".."9"``). Each image is the 8x8 digit upscaled bilinearly to ``img_size x img_size`` RGB, ink of
+    a random light colour (each channel 170..255) over a random dark background (0..79).
+    """
+    spec = {"dataset": "digits_classification", "version": 1, "img_size": img_size, "seed": seed}
+
+    def write(out: Path) -> None:
+        images, labels = _load_digits()
+        rng = np.random.default_rng([seed, 2])
+        for split, indices in zip(("train", "val"), split_digits(labels, seed), strict=True):
+            for digit in range(10):
+                (out / split / str(digit)).mkdir(parents=True)
+            for index in indices:
+                pixels = np.empty((img_size, img_size, 3), np.float32)
+                pixels[:] = rng.integers(0, 80, 3)
+                _paint(pixels, _render_ink(images[index], img_size, img_size), rng.integers(170, 256, 3))
+                path = out / split / str(labels[index]) / f"{index:04d}.png"
+                Image.fromarray(pixels.round().astype(np.uint8)).save(path)
+
+    return _build(Path(root), spec, write)
+
+
+def _digit_patch(digit: np.ndarray, side: float) -> np.ndarray:
+    """The digit's ink scaled so its longer side is about ``side`` pixels, cropped tight to ``ink >= 0.25``."""
+    rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+    crop = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = side / max(crop.shape)
+    ink = _render_ink(crop, max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
+    rows, cols = np.flatnonzero((ink >= _INK).any(1)), np.flatnonzero((ink >= _INK).any(0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _render_canvas(
+    rng: np.random.Generator,
+    digits: np.ndarray,
+    labels: np.ndarray,
+    canvas: int,
+    object_size: tuple[int, int],
+    max_objects: int,
+) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
+    """One ``(canvas, canvas, 3)`` uint8 image and its objects ``([x, y, w, h], digit)``.
+
+    ``1..max_objects`` digits are drawn; each gets a longer side log-uniform in ``object_size`` and a
+    position where its box keeps at least one pixel of gap to the boxes placed before (a digit with no
+    such position in ``_PLACEMENT_TRIES`` tries is left out).
+    """
+    pixels = np.empty((canvas, canvas, 3), np.float32)
+    pixels[:] = rng.integers(0, 80, 3)
+    objects: list[tuple[list[int], int]] = []
+    for _ in range(rng.integers(1, max_objects + 1)):
+        k = rng.integers(len(digits))
+        ink = _digit_patch(digits[k], math.exp(rng.uniform(*np.log(object_size))))
+        h, w = ink.shape
+        for _ in range(_PLACEMENT_TRIES):
+            x, y = int(rng.integers(0, canvas - w + 1)), int(rng.integers(0, canvas - h + 1))
+            if all(x > bx + bw or bx > x + w or y > by + bh or by > y + h for (bx, by, bw, bh), _ in objects):
+                _paint(pixels[y : y + h, x : x + w], ink, rng.integers(170, 256, 3))
+                objects.append(([x, y, w, h], int(labels[k])))
+                break
+    return pixels.round().astype(np.uint8), objects
+
+
+def build_digits_detection(
+    root: str | Path,
+    canvas: int = 128,
+    num_train: int = 1000,
+    num_val: int = 200,
+    seed: int = 0,
+    *,
+    object_size: tuple[int, int] = (8, 40),
+    max_objects: int = 6,
+) -> Path:
+    """Write a COCO-format detection set of digits pasted on canvases and return ``root``.
+
+    Layout: ``root/{train,val}/images/<image id:05d>.png`` and ``root/annotations/{train,val}.json``.
+    Each ``canvas x canvas`` RGB image has a random dark background and ``1..max_objects`` digits of
+    random light colours, longer side log-uniform in ``object_size`` pixels, boxes not touching.
+
+    The json is standard COCO (loads with ``pycocotools``): image ids ``1..num_*``, annotation ids from
+    1, categories ``{"id": d, "name": str(d)}`` for ``d = 0..9`` (so category id = digit = contiguous
+    label), ``bbox`` ``[x, y, w, h]`` integer pixels tight around the ink (opacity >= 0.25), ``area = w * h``
+    and ``iscrowd = 0``.
+    """
+    if not 1 <= object_size[0] <= object_size[1] <= canvas:
+        raise ValueError(f"object_size must be (min, max) with 1 <= min <= max <= canvas={canvas}, got {object_size}")
+    spec = {
+        "dataset": "digits_detection", "version": 1, "canvas": canvas, "num_train": num_train,
+        "num_val": num_val, "seed": seed, "object_size": list(object_size), "max_objects": max_objects,
+    }  # fmt: skip
+
+    def write(out: Path) -> None:
+        images, labels = _load_digits()
+        (out / "annotations").mkdir(parents=True)
+        categories = [{"id": d, "name": str(d), "supercategory": "digit"} for d in range(10)]
+        splits = zip(("train", "val"), split_digits(labels, seed), (num_train, num_val), strict=True)
+        for split_code, (split, indices, count) in enumerate(splits):
+            rng = np.random.default_rng([seed, split_code])
+            (out / split / "images").mkdir(parents=True)
+            coco: dict[str, Any] = {
+                "info": {"description": f"deformvision digits detection ({split})", "version": "1"},
+                "images": [], "annotations": [], "categories": categories,
+            }  # fmt: skip
+            for image_id in range(1, count + 1):
+                pixels, objects = _render_canvas(
+                    rng, images[indices], labels[indices], canvas, object_size, max_objects
+                )
+                file_name = f"{image_id:05d}.png"
+                Image.fromarray(pixels).save(out / split / "images" / file_name)
+                coco["images"].append({"id": image_id, "file_name": file_name, "width": canvas, "height": canvas})
+                for bbox, digit in objects:
+                    coco["annotations"].append({
+                        "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": digit,
+                        "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+                    })  # fmt: skip
+            (out / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+
+    return _build(Path(root), spec, write)
