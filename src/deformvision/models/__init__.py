@@ -1,6 +1,6 @@
 """Model families and the registry (:func:`create_model`, :func:`list_models`)."""
 
-from deformvision.models import dat, resnet  # noqa: F401  (register their variants)
+from deformvision.models import dat, deformable_detr, resnet  # noqa: F401  (register their variants)
 from deformvision.models._checkpoint import load_checkpoint, read_state_dict
 from deformvision.models._registry import create_model, list_models, register_model
 

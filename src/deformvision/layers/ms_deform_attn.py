@@ -1,0 +1,140 @@
+"""Multi-scale deformable attention module of Deformable DETR (Zhu et al., ICLR 2021).
+
+Every query attends to ``n_points`` learned locations around its reference point on each of the
+``n_levels`` feature maps, per head; the sampling itself is :func:`deformvision.ops.ms_deform_attn`.
+Parameter names, layouts and initialisation are those of the official ``MSDeformAttn``
+(fundamentalvision/Deformable-DETR@11169a6, ``models/ops/modules/ms_deform_attn.py``), so its weights
+load unchanged.
+"""
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deformvision.ops.ms_deform_attn import ms_deform_attn
+
+
+def directional_offset_bias(n_heads: int, n_levels: int, n_points: int) -> Tensor:
+    """The official initial ``sampling_offsets.bias``: ``(n_heads * n_levels * n_points * 2,)`` float32.
+
+    Head ``m`` looks in the direction ``theta_m = 2 pi m / n_heads``, as ``(cos, sin)`` divided by
+    ``max(|cos|, |sin|)`` (a point on the square of radius 1, computed in float32 as the official code,
+    so e.g. the "0" of head 2 of 8 is ``-4.37e-8``); point ``k`` sits ``k + 1`` times as far out, the same
+    on every level. Layout ``[head][level][point][x, y]``, in pixels of the level for 2-d references.
+    """
+    thetas = torch.arange(n_heads, dtype=torch.float32) * (2.0 * math.pi / n_heads)
+    directions = torch.stack([thetas.cos(), thetas.sin()], -1)  # n_heads, 2
+    directions = directions / directions.abs().max(-1, keepdim=True).values
+    scale = torch.arange(1, n_points + 1, dtype=torch.float32)  # point k -> k + 1
+    grid = directions[:, None, None, :] * scale[None, None, :, None]  # n_heads, 1, n_points, 2
+    return grid.expand(n_heads, n_levels, n_points, 2).flatten()
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (the official ``MSDeformAttn``).
+
+    For a query ``q`` with reference point ``r`` (per level), head ``m``, level ``l`` and point ``k``:
+    the offset ``sampling_offsets(q)[m, l, k]`` moves ``r`` to a sampling location, the value map of level
+    ``l`` (``value_proj`` of the input, head ``m``'s channels ``m*D:(m+1)*D``) is sampled bilinearly there,
+    and the samples are summed with weights ``softmax_{l,k}(attention_weights(q)[m])`` (one softmax over all
+    levels and points of a head); ``output_proj`` mixes the heads.
+
+    Sampling locations are normalised to the *padded* level map: ``(0, 0)`` is its top-left corner, ``(1, 1)``
+    its bottom-right corner, pixel centre ``(i, j)`` at ``((j + 0.5) / W_l, (i + 0.5) / H_l)``:
+
+    * 2-d reference points ``(x, y)``: ``loc = ref + offset / (W_l, H_l)`` (offsets in pixels of level l);
+    * 4-d reference boxes ``(cx, cy, w, h)``: ``loc = (cx, cy) + offset / n_points * (w, h) * 0.5``.
+
+    Initialisation (official): ``sampling_offsets.weight = 0`` and its bias the directional grid of
+    :func:`directional_offset_bias`; ``attention_weights`` weight and bias 0 (uniform attention);
+    ``value_proj`` / ``output_proj`` Xavier-uniform weights, zero biases.
+
+    Args:
+        d_model: channels of queries, inputs and output.
+        n_levels: feature levels ``L``.
+        n_heads: attention heads ``M`` (``d_model`` divisible by it; a head size that is not a power of
+            2 only triggers a warning, as in the official code, where it was slower in CUDA).
+        n_points: sampling points ``P`` per head and level.
+
+    Shape:
+        - query: ``(N, Lq, d_model)``
+        - reference_points: ``(N, Lq, L, 2)`` ``(x, y)`` or ``(N, Lq, L, 4)`` ``(cx, cy, w, h)``, per level
+        - input_flatten: ``(N, S, d_model)`` the levels flattened row-major and concatenated,
+          ``S = sum_l H_l * W_l``
+        - spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``
+        - level_start_index: ``(L,)`` int64 start of each level in ``S``
+        - input_padding_mask: ``(N, S)`` bool, True = padding (its values are zeroed), or None
+        - Output: ``(N, Lq, d_model)``
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model must be divisible by n_heads, got {d_model} and {n_heads}")
+        head_dim = d_model // n_heads
+        if head_dim & (head_dim - 1):
+            warnings.warn(f"MSDeformAttn head size {head_dim} is not a power of 2", stacklevel=2)
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation (see the class docstring)."""
+        with torch.no_grad():
+            nn.init.zeros_(self.sampling_offsets.weight)
+            self.sampling_offsets.bias.copy_(directional_offset_bias(self.n_heads, self.n_levels, self.n_points))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        input_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        N, Lq, _ = query.shape
+        S = input_flatten.shape[1]
+        M, L, P = self.n_heads, self.n_levels, self.n_points
+        if reference_points.shape[-1] not in (2, 4) or tuple(reference_points.shape[:3]) != (N, Lq, L):
+            raise ValueError(
+                f"reference_points must be (N, Lq, L, 2) points (x, y) or (N, Lq, L, 4) boxes (cx, cy, w, h) = "
+                f"({N}, {Lq}, {L}, 2|4), got {tuple(reference_points.shape)}"
+            )
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(N, S, M, self.d_model // M)  # N, S, M, D
+        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
+        weights = self.attention_weights(query).view(N, Lq, M, L * P)
+        weights = F.softmax(weights, -1).view(N, Lq, M, L, P)
+        ref = reference_points[:, :, None, :, None, :]  # N, Lq, 1, L, 1, 2|4
+        if reference_points.shape[-1] == 2:
+            size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # L, 2: (W, H)
+            locations = ref + offsets / size_xy[:, None, :]  # N, Lq, M, L, P, 2
+        else:
+            locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
+        # Reference points may be float32 in a float64 model (the official valid ratios are float32): the
+        # sampling runs in the wider dtype, the result comes back in the model's.
+        dtype = torch.promote_types(value.dtype, locations.dtype)
+        output = ms_deform_attn(
+            value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype), weights.to(dtype)
+        )  # N, Lq, M * D
+        return self.output_proj(output.to(value.dtype))
