@@ -106,11 +106,19 @@ def count_macs(model: nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor] |
     args = _as_args(model, inputs)
     sampling_formulas = _sampling_flop_formulas()
     was_training = model.training
+    # The counter's module tracker hooks every module input that requires grad; a view of a parameter
+    # made under no_grad (e.g. DETR's query embedding split into halves) requires grad but has no autograd
+    # node, which the hook rejects. Parameters are therefore frozen while counting.
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=sampling_formulas) as counter:
             model(*args)
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         model.train(was_training)
 
     categories = dict.fromkeys(CATEGORIES, 0)

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 # Keys under which training scripts commonly nest the model's state dict, most specific first.
 _NESTED_STATE_DICT_KEYS = ("model", "state_dict", "module")
+# Weight files of a checkpoint directory (Hugging Face ``save_pretrained``), preferred first.
+_DIRECTORY_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def read_state_dict(path: str | PathLike) -> dict[str, torch.Tensor]:
@@ -25,13 +27,19 @@ def read_state_dict(path: str | PathLike) -> dict[str, torch.Tensor]:
 
     A PyTorch file may hold the state dict itself or nest it under ``'model'`` / ``'state_dict'``
     (as official training scripts save); a ``module.`` prefix left by DistributedDataParallel is
-    removed.
+    removed. A directory stands for the file in it that Hugging Face's ``save_pretrained`` writes
+    (``model.safetensors``, else ``pytorch_model.bin``).
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file does not exist (or the directory has neither file).
         ValueError: the file is corrupt, not a checkpoint, or holds no tensors.
     """
     path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in _DIRECTORY_FILES if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"checkpoint directory {path} has no {' or '.join(_DIRECTORY_FILES)}")
+        path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

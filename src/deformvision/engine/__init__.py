@@ -1,0 +1,46 @@
+"""Training and evaluation: loops, configs, checkpoints, distributed runs, COCO evaluation.
+
+>>> from deformvision.engine import load_config, train
+>>> metrics = train(load_config("configs/dat_digits.yaml", ["schedule.epochs=1"]))  # doctest: +SKIP
+
+- :mod:`~deformvision.engine.config`: :class:`TrainConfig` and YAML loading with overrides;
+- :mod:`~deformvision.engine.builders`: model, data, task and loaders from a config (reused by other commands);
+- :mod:`~deformvision.engine.trainer`: :class:`Trainer`, :func:`train`, :func:`evaluate`;
+- :mod:`~deformvision.engine.classification`, :mod:`~deformvision.engine.detection`: per-task loss and metrics;
+- :mod:`~deformvision.engine.optim`: parameter groups and learning-rate schedules;
+- :mod:`~deformvision.engine.checkpoint`: atomic, resumable checkpoints;
+- :mod:`~deformvision.engine.distributed`, :mod:`~deformvision.engine.data`: torchrun and data order;
+- :mod:`~deformvision.engine.coco_eval`: the 12 COCO box numbers with pycocotools.
+"""
+
+from deformvision.engine.builders import (
+    DataBundle,
+    build_data,
+    build_loader,
+    build_model,
+    build_task,
+    build_transforms,
+)
+from deformvision.engine.coco_eval import STAT_NAMES, detections_to_coco, evaluate_coco
+from deformvision.engine.config import ConfigError, TrainConfig, config_to_dict, load_config, save_config
+from deformvision.engine.trainer import Trainer, evaluate, train
+
+__all__ = [
+    "STAT_NAMES",
+    "ConfigError",
+    "DataBundle",
+    "TrainConfig",
+    "Trainer",
+    "build_data",
+    "build_loader",
+    "build_model",
+    "build_task",
+    "build_transforms",
+    "config_to_dict",
+    "detections_to_coco",
+    "evaluate",
+    "evaluate_coco",
+    "load_config",
+    "save_config",
+    "train",
+]

@@ -1,0 +1,192 @@
+"""Build the pieces of a run from a :class:`~deformvision.engine.config.TrainConfig`.
+
+These are the entry points other commands reuse (evaluation, prediction, demos): :func:`build_data`
+(datasets with their transforms and label metadata), :func:`build_transforms` (the training or
+evaluation transform alone), :func:`build_model`, :func:`build_task` (loss and evaluation of the task),
+:func:`build_loader`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deformvision.data import (
+    CocoDetection,
+    ImageFolder,
+    Mixup,
+    build_classification_transforms,
+    build_detection_transforms,
+    build_digits_classification,
+    build_digits_detection,
+    collate_detection,
+)
+from deformvision.engine.classification import ClassificationTask
+from deformvision.engine.config import TrainConfig
+from deformvision.engine.data import SeededTransform
+from deformvision.engine.detection import DetectionTask
+from deformvision.models import create_model
+from deformvision.models.deformable_detr import HungarianMatcher, PostProcess, SetCriterion, weight_dict
+
+Task = ClassificationTask | DetectionTask
+
+
+@dataclass
+class DataBundle:
+    """The datasets of a run and what the model and evaluation need to know about them.
+
+    ``train`` and ``val`` return augmented / evaluation-transformed samples (``train`` is ``None`` when
+    built for evaluation only). ``class_names[label]`` names each label; for detection
+    ``label_to_category_id`` maps labels back to COCO category ids and ``val_annotations`` is the json
+    the evaluation scores against.
+    """
+
+    train: SeededTransform | None
+    val: SeededTransform
+    num_classes: int
+    class_names: list[str]
+    label_to_category_id: dict[int, int] | None = None
+    val_annotations: Path | None = None
+
+
+def _untransformed(image: Any, target: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The transforms given to :class:`CocoDetection` so that it returns the PIL image and raw target."""
+    return image, target
+
+
+def _num_classes(config: TrainConfig, found: int) -> int:
+    if config.data.num_classes is None:
+        return found
+    if config.data.num_classes < found:
+        raise ValueError(f"data.num_classes={config.data.num_classes} but the dataset has {found} labels")
+    return config.data.num_classes
+
+
+def build_transforms(config: TrainConfig, train: bool) -> Callable[..., Any]:
+    """The training or evaluation transform of ``config``.
+
+    Classification: ``(PIL image, generator=None) -> (3, img_size, img_size)`` tensor. Detection:
+    ``(PIL image, target, generator=None) -> ((3, H, W) tensor, target)`` (``target`` may be ``{}``).
+    """
+    data, aug = config.data, config.aug
+    if data.task == "detection":
+        return build_detection_transforms(train, scales=aug.scales, max_size=aug.max_size, crop=aug.crop,
+                                          crop_resize=aug.crop_resize, val_size=aug.val_size)  # fmt: skip
+    if not train:
+        return build_classification_transforms(False, data.img_size, crop_pct=aug.crop_pct)
+    return build_classification_transforms(True, data.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
+                                           rand_augment=aug.rand_augment, reprob=aug.reprob)  # fmt: skip
+
+
+def _classification_data(config: TrainConfig, train: bool) -> DataBundle:
+    data = config.data
+    root = Path(data.root)
+    if data.format == "digits":
+        build_digits_classification(root, img_size=data.img_size)
+    elif data.format != "image_folder":
+        raise ValueError(f"classification data must be image_folder or digits, got format={data.format!r}")
+    val_set = ImageFolder(root / data.val_split)
+    train_set = None
+    if train:
+        train_set = ImageFolder(root / data.train_split)
+        if train_set.classes != val_set.classes:
+            raise ValueError(f"class folders differ between {train_set.root} and {val_set.root}")
+        train_set = SeededTransform(train_set, build_transforms(config, True), config.seed)
+    return DataBundle(
+        train=train_set,
+        val=SeededTransform(val_set, build_transforms(config, False), config.seed),
+        num_classes=_num_classes(config, len(val_set.classes)),
+        class_names=list(val_set.classes),
+    )
+
+
+def _detection_data(config: TrainConfig, train: bool) -> DataBundle:
+    data = config.data
+    root = Path(data.root)
+    if data.format == "digits":
+        build_digits_detection(root)
+        images = {"train": root / "train" / "images", "val": root / "val" / "images"}
+        annotations = {"train": root / "annotations" / "train.json", "val": root / "annotations" / "val.json"}
+    elif data.format == "coco":
+        images = {"train": root / data.train_split, "val": root / data.val_split}
+        annotations = {"train": root / data.train_annotations, "val": root / data.val_annotations}
+    else:
+        raise ValueError(f"detection data must be coco or digits, got format={data.format!r}")
+
+    def dataset(split: str, is_train: bool) -> SeededTransform:
+        base = CocoDetection(images[split], annotations[split], _untransformed, contiguous_ids=data.contiguous_ids)
+        return SeededTransform(base, build_transforms(config, is_train), config.seed, detection=True)
+
+    val_set = dataset("val", False)
+    base = val_set.dataset
+    found = len(base.category_ids) if data.contiguous_ids else max(base.category_ids) + 1
+    names = [base.category_names.get(base.label_to_category_id.get(label), "") for label in range(found)]
+    return DataBundle(
+        train=dataset("train", True) if train else None,
+        val=val_set,
+        num_classes=_num_classes(config, found),
+        class_names=names,
+        label_to_category_id=dict(base.label_to_category_id),
+        val_annotations=annotations["val"],
+    )
+
+
+def build_data(config: TrainConfig, train: bool = True) -> DataBundle:
+    """The datasets of ``config.data`` (the built-in digits sets are written to ``data.root`` first)."""
+    if config.data.task == "classification":
+        return _classification_data(config, train)
+    return _detection_data(config, train)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """``create_model(model.name, num_classes=..., checkpoint=model.checkpoint, **model.kwargs)``."""
+    kwargs = {"num_classes": num_classes, **config.model.kwargs}
+    model = create_model(config.model.name, checkpoint=config.model.checkpoint, **kwargs)
+    if config.model.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"{config.model.name} does not support gradient checkpointing")
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
+    """The loss and evaluation of ``config.data.task``.
+
+    Detection reads ``dec_layers`` and ``two_stage`` from ``model`` (the loss weights cover every
+    decoder layer and the encoder proposals).
+    """
+    loss, aug = config.loss, config.aug
+    if config.data.task == "classification":
+        mixup = None
+        if aug.mixup > 0 or aug.cutmix > 0:
+            mixup = Mixup(aug.mixup, aug.cutmix, aug.mixup_prob, aug.mixup_switch_prob, loss.label_smoothing,
+                          num_classes=data.num_classes)  # fmt: skip
+        return ClassificationTask(data.num_classes, mixup, loss.label_smoothing)
+    matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou, loss.focal_alpha)
+    num_decoder_layers = len(model.transformer.decoder.layers) if hasattr(model, "transformer") else 1
+    weights = weight_dict(num_decoder_layers, bool(getattr(model, "two_stage", False)), loss.cls_loss_coef,
+                          loss.bbox_loss_coef, loss.giou_loss_coef)  # fmt: skip
+    criterion = SetCriterion(data.num_classes, matcher, weights, focal_alpha=loss.focal_alpha)
+    return DetectionTask(criterion, PostProcess(loss.num_select), data.val_annotations, data.label_to_category_id)
+
+
+def build_loader(
+    dataset: Dataset, sampler: Sampler[int], config: TrainConfig, *, train: bool, device: torch.device
+) -> DataLoader:
+    """A loader over ``sampler``'s indices (detection batches padded with masks).
+
+    The loader has its own seeded generator so that creating an iterator never consumes the global
+    RNG (which a resumed run restores exactly); workers are not persistent, so they see the dataset's
+    current epoch.
+    """
+    data = config.data
+    batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=data.num_workers,
+        collate_fn=collate_detection if data.task == "detection" else None,
+        pin_memory=data.pin_memory and device.type == "cuda", generator=torch.Generator().manual_seed(config.seed),
+    )  # fmt: skip
