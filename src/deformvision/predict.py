@@ -1,0 +1,310 @@
+"""Inference on image files: detections (or top-k classes) per image as JSON, and annotated PNGs.
+
+A :class:`Predictor` holds a model in eval mode, the config whose evaluation transform prepares the
+images, and the class names when known. :func:`load_predictor` builds one from a training run directory
+(its ``config.yaml`` and weights), from a config file, or from a registered model name; then
+:func:`predict_files` writes ``predictions.json`` and one annotated PNG per image.
+
+Detections are in pixels of the *original* image: boxes ``(x0, y0, x1, y1)`` with pixel edges at integers.
+They are the official post-processing's top (query, class) pairs (``loss.num_select`` of the config)
+whose score reaches the threshold.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from deformvision.convert.checkpoint import _num_classes
+from deformvision.data import IMG_EXTENSIONS
+from deformvision.data._image import is_image_file, load_rgb
+from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
+from deformvision.engine.checkpoint import find_checkpoint
+from deformvision.engine.trainer import FINAL_WEIGHTS
+from deformvision.models import create_model, load_checkpoint, read_state_dict
+from deformvision.models.deformable_detr import DeformableDETR, PostProcess
+from deformvision.viz import add_title, draw_detections, enlarge, legible_scale
+
+PREDICTIONS_FILE = "predictions.json"
+RUN_CONFIG = "config.yaml"
+
+
+@dataclass
+class Predictor:
+    """A model ready for inference on PIL images.
+
+    Attributes:
+        model: in eval mode, on ``device``.
+        config: ``data.task`` says detection or classification; its evaluation transform (``aug.val_size``,
+            ``aug.max_size``; ``data.img_size``, ``aug.crop_pct``) prepares the images; ``loss.num_select``
+            detections per image are scored.
+        class_names: ``class_names[label]`` (empty strings or ``None``: unknown, labels are written as numbers).
+        device: where the model runs.
+        weights: the file the weights came from (``None``: the model's initialisation).
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    class_names: list[str] | None
+    device: torch.device
+    weights: Path | None = None
+
+    @property
+    def task(self) -> str:
+        return self.config.data.task
+
+    def class_name(self, label: int) -> str | None:
+        """The name of ``label``, or ``None`` when unknown."""
+        if self.class_names is None or label >= len(self.class_names):
+            return None
+        return self.class_names[label] or None
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Image.Image], score_threshold: float = 0.0) -> list[dict[str, torch.Tensor]]:
+        """Per image ``scores``, ``labels`` and ``boxes`` ``(x0, y0, x1, y1)`` in its own pixels (clipped to it),
+        best first, ``score >= score_threshold``."""
+        transform = build_transforms(self.config, train=False)
+        tensors = [transform(image, {})[0].to(self.device) for image in images]
+        outputs = self.model(tensors)  # padded to one batch by the detector
+        sizes = [(image.height, image.width) for image in images]
+        results = PostProcess(self.config.loss.num_select)(outputs, sizes)
+        for result, (height, width) in zip(results, sizes, strict=True):
+            result["boxes"][:, 0::2].clamp_(0, width)  # a box may reach beyond the image: clip it to the image
+            result["boxes"][:, 1::2].clamp_(0, height)
+        return [{k: v[r["scores"] >= score_threshold].cpu() for k, v in r.items()} for r in results]
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[dict[str, torch.Tensor]]:
+        """Per image the ``top_k`` most probable classes: ``scores`` (softmax) and ``labels``, best first."""
+        transform = build_transforms(self.config, train=False)
+        batch = torch.stack([transform(image) for image in images]).to(self.device)
+        probabilities = self.model(batch).float().softmax(-1)
+        scores, labels = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+        return [{"scores": s.cpu(), "labels": l.cpu()} for s, l in zip(scores, labels, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a predictor
+
+
+def run_weights(run_dir: Path) -> Path:
+    """A run directory's final weights, else its newest checkpoint's (as ``deformvision eval`` picks them)."""
+    if (run_dir / FINAL_WEIGHTS).is_file():
+        return run_dir / FINAL_WEIGHTS
+    found = find_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"run directory {run_dir} has no {FINAL_WEIGHTS} and no checkpoint")
+    return found[0]
+
+
+def class_names_of(config: TrainConfig) -> list[str] | None:
+    """The class names of ``config``'s dataset when its files are there (nothing is built), else ``None``.
+
+    Detection: the categories of the validation annotations, in label order (sorted category ids with
+    ``contiguous_ids``, else indexed by category id). Classification: the class folders of the validation split.
+    """
+    data, root = config.data, Path(config.data.root)
+    if data.task == "classification":
+        split = root / data.val_split
+        return sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else None
+    annotations = root / ("annotations/val.json" if data.format == "digits" else data.val_annotations)
+    if not annotations.is_file():
+        return None
+    categories = {c["id"]: c.get("name", str(c["id"])) for c in json.loads(annotations.read_text())["categories"]}
+    if data.contiguous_ids:
+        return [categories[i] for i in sorted(categories)]
+    return [categories.get(i, "") for i in range(max(categories) + 1)]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_predictor(
+    *,
+    run: str | Path | None = None,
+    config: str | Path | None = None,
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    model_kwargs: dict[str, Any] | None = None,
+    device: str = "auto",
+) -> Predictor:
+    """A :class:`Predictor` from one of three sources.
+
+    Args:
+        run: a training output directory (``deformvision train`` or ``deformvision demo``): its
+            ``config.yaml``, and its weights (``checkpoint`` overrides them).
+        config: a YAML config (its ``model``, ``data`` and ``aug``); weights from ``checkpoint``, else
+            ``model.checkpoint``.
+        model: a registered model name; ``data.task`` follows the model (a Deformable DETR detects, other models
+            classify), the number of classes the checkpoint's head; class names are unknown. Without
+            ``checkpoint``: random weights.
+        checkpoint: weights (ours, official or Hugging Face; see :func:`~deformvision.models.load_checkpoint`).
+        overrides: ``section.key=value`` config overrides (e.g. ``aug.val_size=512``, ``loss.num_select=50``).
+        model_kwargs: further model arguments (over ``model.kwargs``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ValueError: not exactly one of ``run``, ``config``, ``model``; a config or weights that do not fit.
+        FileNotFoundError: a missing run directory, config or weights file.
+    """
+    if sum(source is not None for source in (run, config, model)) != 1:
+        raise ValueError("give exactly one of a run directory, a config file or a model name")
+    weights = Path(checkpoint) if checkpoint is not None else None
+    if model is not None:
+        train_config, class_names = _model_config(model, weights, overrides), None
+    else:
+        if run is not None:
+            run = Path(run)
+            if not (run / RUN_CONFIG).is_file():
+                raise FileNotFoundError(f"{run} is not a run directory: it has no {RUN_CONFIG}")
+            train_config = load_config(run / RUN_CONFIG, overrides)
+            weights = weights or run_weights(run)
+        else:
+            train_config = load_config(config, overrides)
+            if weights is None and train_config.model.checkpoint is not None:
+                weights = Path(train_config.model.checkpoint)
+        class_names = class_names_of(train_config)
+    train_config.model.kwargs.update(model_kwargs or {})
+    train_config.model.checkpoint = None  # loaded below, once
+    num_classes = train_config.data.num_classes or (len(class_names) if class_names else None)
+    if num_classes is None:
+        raise ValueError("the number of classes is unknown: set data.num_classes (--set data.num_classes=K)")
+    net = build_model(train_config, num_classes)
+    if weights is not None:
+        load_checkpoint(net, weights)
+    target = _device(device)
+    return Predictor(net.eval().to(target), train_config, class_names, target, weights)
+
+
+def _model_config(model: str, weights: Path | None, overrides: Sequence[str]) -> TrainConfig:
+    """The default config of a registered model: its task, and the classes of the checkpoint's head."""
+    num_classes = _num_classes(read_state_dict(weights)) if weights is not None else None
+    with torch.device("meta"):  # only the kind of model and its default head size are needed
+        probe = create_model(model, **({"num_classes": num_classes} if num_classes else {}))
+    task = "detection" if isinstance(probe, DeformableDETR) else "classification"
+    config = load_config(None, [f"model.name={model}", f"data.task={task}", *overrides])
+    if config.data.num_classes is None:
+        config.data.num_classes = num_classes or getattr(probe, "num_classes", None)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it on files
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly (whatever their extension) or found in folders (their image files, sorted,
+    not recursive), in the order given.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: a folder holds no image file, or there are no inputs.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and is_image_file(p))
+            if not found:
+                raise ValueError(f"folder {item} holds no image file ({', '.join(IMG_EXTENSIONS)})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {item}")
+    if not files:
+        raise ValueError("no input images")
+    return files
+
+
+def _png_names(files: Sequence[Path]) -> list[str]:
+    """One PNG name per file, its stem, made unique with ``_2``, ``_3``... where stems repeat."""
+    names, seen = [], set()
+    for file in files:
+        name, k = file.stem, 1
+        while name in seen:
+            k += 1
+            name = f"{file.stem}_{k}"
+        seen.add(name)
+        names.append(f"{name}.png")
+    return names
+
+
+def _detection_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
+    rows = zip(result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), strict=True)
+    return {"detections": [{"box": [round(v, 2) for v in box], "score": round(score, 4), "label": label,
+                            "category": predictor.class_name(label)} for box, score, label in rows]}  # fmt: skip
+
+
+def _classification_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
+    top = zip(result["labels"].tolist(), result["scores"].tolist(), strict=True)
+    return {"top_k": [{"label": label, "class": predictor.class_name(label), "score": round(score, 4)}
+                      for label, score in top]}  # fmt: skip
+
+
+def _annotate(predictor: Predictor, image: Image.Image, result: dict[str, torch.Tensor]) -> Image.Image:
+    scale = legible_scale(image)
+    if predictor.task == "detection":
+        return draw_detections(image, result["boxes"], result["labels"], result["scores"], predictor.class_names,
+                               scale=scale)  # fmt: skip
+    label, score = int(result["labels"][0]), float(result["scores"][0])
+    return add_title(enlarge(image, scale), f"{predictor.class_name(label) or label} {score:.2f}")
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    score_threshold: float = 0.3,
+    top_k: int = 5,
+    batch_size: int = 8,
+) -> Path:
+    """Run ``predictor`` on the images of ``inputs``; write ``output_dir/predictions.json`` and a PNG per image.
+
+    ``predictions.json``: ``{"task", "model", "weights", "score_threshold" | "top_k", "images": [...]}``, one entry
+    per image in input order: ``{"file", "width", "height", "png"}`` and, for detection, ``"detections"``: a list
+    of ``{"box": [x0, y0, x1, y1], "score", "label", "category"}`` (original pixels; ``category`` the class name or
+    ``null``) with ``score >= score_threshold``, best first; for classification ``"top_k"``: a list of
+    ``{"label", "class", "score"}``. The PNGs show the image (enlarged to a shorter side of at least 384
+    pixels) with the boxes and names, or the best class as a title.
+
+    Images are read ``batch_size`` at a time; ``predictions.json`` is written once all are done.
+
+    Raises:
+        ValueError: naming the file, for an image that cannot be decoded (``predictions.json`` is not written).
+        FileNotFoundError, ValueError: inputs as :func:`collect_images`.
+    """
+    files = collect_images(inputs)
+    pngs = _png_names(files)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for start in range(0, len(files), batch_size):
+        batch = [load_rgb(file) for file in files[start : start + batch_size]]
+        if predictor.task == "detection":
+            results = predictor.detect(batch, score_threshold)
+        else:
+            results = predictor.classify(batch, top_k)
+        for file, png, image, result in zip(files[start:], pngs[start:], batch, results, strict=False):
+            _annotate(predictor, image, result).save(output_dir / png)
+            record = {"file": str(file), "width": image.width, "height": image.height, "png": png}
+            if predictor.task == "detection":
+                record.update(_detection_record(predictor, result))
+            else:
+                record.update(_classification_record(predictor, result))
+            records.append(record)
+    summary = {"task": predictor.task, "model": predictor.config.model.name,
+               "weights": str(predictor.weights) if predictor.weights else None}  # fmt: skip
+    summary.update({"score_threshold": score_threshold} if predictor.task == "detection" else {"top_k": top_k})
+    path = output_dir / PREDICTIONS_FILE
+    path.write_text(json.dumps({**summary, "images": records}, indent=1) + "\n")
+    return path

@@ -1,0 +1,45 @@
+"""Pictures of what the models do, drawn with PIL and saved as PNG (no plotting library needed).
+
+- :mod:`~deformvision.viz.detections`: boxes, class names and scores on an image; titles and panels.
+- :mod:`~deformvision.viz.sampling_points`: DAT's deformed sampling points (positions vs references, per
+  offset group) and the sampling locations of Deformable DETR's multi-scale deformable attention for
+  chosen queries (recorded with a forward hook, recomputed from the layer's inputs).
+"""
+
+from deformvision.viz.detections import (
+    PALETTE,
+    add_title,
+    draw_detections,
+    enlarge,
+    label_color,
+    legible_scale,
+    side_by_side,
+)
+from deformvision.viz.sampling_points import (
+    DatBlockPoints,
+    MSDASampling,
+    dat_points_to_pixels,
+    dat_sampling_points,
+    draw_dat_sampling_points,
+    draw_msda_sampling_locations,
+    msda_sampling_locations,
+    record_sampling_locations,
+)
+
+__all__ = [
+    "PALETTE",
+    "DatBlockPoints",
+    "MSDASampling",
+    "add_title",
+    "dat_points_to_pixels",
+    "dat_sampling_points",
+    "draw_dat_sampling_points",
+    "draw_detections",
+    "draw_msda_sampling_locations",
+    "enlarge",
+    "label_color",
+    "legible_scale",
+    "msda_sampling_locations",
+    "record_sampling_locations",
+    "side_by_side",
+]

@@ -1,0 +1,139 @@
+"""Sampling points of DAT and MSDeformAttn: pixel conventions, recomputation equal to the layer, pictures."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deformvision.layers import MSDeformAttn
+from deformvision.models import create_model
+from deformvision.models.deformable_detr import DeformableDETR
+from deformvision.ops import ms_deform_attn
+from deformvision.viz import (
+    dat_points_to_pixels,
+    dat_sampling_points,
+    draw_dat_sampling_points,
+    draw_msda_sampling_locations,
+    label_color,
+    msda_sampling_locations,
+    record_sampling_locations,
+)
+
+# A DAT of ~90k parameters: deformable blocks in stages 2 (2 groups) and 3 (1 group).
+TINY_DAT = {
+    "img_size": 64, "dims": (8, 16, 32, 64), "depths": (1, 1, 2, 1), "heads": (1, 1, 2, 2),
+    "groups": (-1, -1, 2, 1), "window_sizes": (4, 4, 2, 1), "stage_spec": (("L",), ("S",), ("L", "D"), ("D",)),
+    "drop_path_rate": 0.0,
+}  # fmt: skip
+
+
+def test_dat_points_to_pixels_follows_grid_sample_align_corners_true():
+    h, w, stride = 5, 7, 8
+    columns = torch.arange(w, dtype=torch.float64).expand(1, 1, h, w)  # each map pixel holds its column
+    rows = torch.arange(h, dtype=torch.float64)[:, None].expand(1, 1, h, w)
+    points = torch.rand(1, 3, 4, 2, dtype=torch.float64) * 2 - 1  # (y, x) in [-1, 1]
+    grid = points[..., (1, 0)]  # grid_sample wants (x, y)
+    column = F.grid_sample(columns, grid, align_corners=True)[0, 0]
+    row = F.grid_sample(rows, grid, align_corners=True)[0, 0]
+    pixels = dat_points_to_pixels(points[0], (h, w), stride)
+    torch.testing.assert_close(pixels[..., 0], (column + 0.5) * stride)  # map pixel c is input pixels [8c, 8c + 8)
+    torch.testing.assert_close(pixels[..., 1], (row + 0.5) * stride)
+    corners = dat_points_to_pixels(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), (h, w), stride)
+    torch.testing.assert_close(corners, torch.tensor([[4.0, 4.0], [52.0, 36.0]]))  # border pixel centres
+
+
+def test_dat_sampling_points_of_every_deformable_block():
+    torch.manual_seed(0)
+    model = create_model("dat_tiny", features_only=True, **TINY_DAT).eval()
+    image = torch.randn(3, 64, 64)
+    blocks = dat_sampling_points(model, image)
+    assert [b.name for b in blocks] == ["stages.2.blocks.1", "stages.3.blocks.0"]
+    assert [b.stride for b in blocks] == [16, 32]
+    assert blocks[0].positions.shape == blocks[0].references.shape == (2, 4, 4, 2)
+    assert blocks[1].positions.shape == (1, 2, 2, 2)
+    for block in blocks:  # references lie inside the image; offsets move them (random offsets are not zero)
+        assert block.references.min() > 0 and block.references.max() < 64
+        assert not torch.equal(block.positions, block.references)
+
+
+def test_draw_dat_sampling_points(tmp_path: Path):
+    torch.manual_seed(0)
+    model = create_model("dat_tiny", features_only=True, **TINY_DAT).eval()
+    block = dat_sampling_points(model, torch.randn(3, 64, 64))[0]
+    out = draw_dat_sampling_points(Image.new("RGB", (64, 64)), block, scale=3)
+    out.save(tmp_path / "dat.png")
+    saved = Image.open(tmp_path / "dat.png")
+    assert saved.size == (192, 192)
+    colors = {color for _, color in saved.getcolors(1 << 16)}
+    assert {label_color(0), label_color(1), (255, 255, 255)} <= colors  # both groups and the references
+    only_first = draw_dat_sampling_points(Image.new("RGB", (64, 64)), block, scale=3, groups=[0])
+    assert label_color(1) not in {color for _, color in only_first.getcolors(1 << 16)}
+
+
+def _msda_inputs(reference_dim: int) -> tuple[MSDeformAttn, tuple]:
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3).double()
+    torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)  # not the official all-zero start
+    torch.nn.init.normal_(module.attention_weights.weight, std=0.5)
+    shapes = torch.tensor([[8, 8], [4, 4]])
+    start = torch.tensor([0, 64])
+    query = torch.randn(2, 5, 32, dtype=torch.float64)
+    reference = torch.rand(2, 5, 2, reference_dim, dtype=torch.float64) * 0.5 + 0.25
+    memory = torch.randn(2, 80, 32, dtype=torch.float64)
+    return module, (query, reference, memory, shapes, start)
+
+
+@pytest.mark.parametrize("reference_dim", [2, 4])
+def test_recomputed_locations_reproduce_the_layer(reference_dim: int):
+    module, (query, reference, memory, shapes, start) = _msda_inputs(reference_dim)
+    sampling = msda_sampling_locations(module, query, reference, shapes)
+    assert sampling.locations.shape == (2, 5, 4, 2, 3, 2) and sampling.weights.shape == (2, 5, 4, 2, 3)
+    torch.testing.assert_close(sampling.weights.sum((-2, -1)), torch.ones(2, 5, 4, dtype=torch.float64))
+    value = module.value_proj(memory).view(2, 80, 4, 8)
+    rebuilt = module.output_proj(ms_deform_attn(value, shapes, start, sampling.locations, sampling.weights))
+    torch.testing.assert_close(rebuilt, module(query, reference, memory, shapes, start))
+
+
+def test_record_sampling_locations_hooks_each_call_and_cleans_up():
+    module, (query, reference, memory, shapes, start) = _msda_inputs(2)
+    with record_sampling_locations(module) as calls:
+        module(query, reference, memory, shapes, start)
+        module(query[:1], reference[:1], memory[:1], spatial_shapes=shapes, level_start_index=start)  # keywords too
+    assert len(calls) == 2 and calls[1].locations.shape[0] == 1
+    expected = msda_sampling_locations(module, query, reference, shapes)
+    torch.testing.assert_close(calls[0].locations, expected.locations)
+    assert not calls[0].locations.requires_grad
+    module(query, reference, memory, shapes, start)
+    assert len(calls) == 2 and not module._forward_hooks  # the hook is gone
+
+
+def test_record_sampling_locations_inside_a_detector():
+    torch.manual_seed(0)
+    backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
+    detector = DeformableDETR(backbone, 3, num_queries=5, d_model=32, nheads=4, enc_layers=1, dec_layers=2,
+                              dim_feedforward=64, with_box_refine=True, two_stage=True).eval()  # fmt: skip
+    with torch.no_grad(), record_sampling_locations(detector.transformer.decoder.layers[-1].cross_attn) as calls:
+        detector([torch.randn(3, 128, 128)])
+    (sampling,) = calls
+    heads, levels, points = 4, 4, 4
+    assert sampling.locations.shape == (1, 5, heads, levels, points, 2)
+    assert sampling.reference_points.shape == (1, 5, levels, 4)  # boxes: two-stage with box refinement
+
+
+def test_draw_msda_sampling_locations(tmp_path: Path):
+    module, (query, reference, _, shapes, _) = _msda_inputs(4)
+    sampling = msda_sampling_locations(module, query, reference, shapes)
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [20.0, 30.0, 60.0, 60.0]])
+    colors = [(255, 0, 0), (0, 255, 0)]
+    out = draw_msda_sampling_locations(Image.new("RGB", (64, 64)), sampling, [1, 3], image_index=1, boxes=boxes,
+                                       colors=colors, scale=2)  # fmt: skip
+    out.save(tmp_path / "msda.png")
+    saved = Image.open(tmp_path / "msda.png")
+    assert saved.size == (128, 128)
+    assert saved.getpixel((20, 50)) == (255, 0, 0)  # left edge of the first query's box
+    counts = {color: n for n, color in saved.getcolors(1 << 16)}
+    assert counts[(0, 255, 0)] > 100  # the second query's box and points
+    one_level = draw_msda_sampling_locations(Image.new("RGB", (64, 64)), sampling, [1], levels=[0])
+    assert one_level.size == (64, 64) and len(one_level.getcolors(1 << 16)) > 1
