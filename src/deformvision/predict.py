@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deformvision.convert.checkpoint import _num_classes
+from deformvision.convert.checkpoint import head_num_classes
 from deformvision.data import IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
@@ -187,7 +187,7 @@ def load_predictor(
 
 def _model_config(model: str, weights: Path | None, overrides: Sequence[str]) -> TrainConfig:
     """The default config of a registered model: its task, and the classes of the checkpoint's head."""
-    num_classes = _num_classes(read_state_dict(weights)) if weights is not None else None
+    num_classes = head_num_classes(read_state_dict(weights)) if weights is not None else None
     with torch.device("meta"):  # only the kind of model and its default head size are needed
         probe = create_model(model, **({"num_classes": num_classes} if num_classes else {}))
     task = "detection" if isinstance(probe, DeformableDETR) else "classification"

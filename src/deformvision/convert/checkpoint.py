@@ -82,7 +82,7 @@ def convert_checkpoint(
         model = model or config_model
     model = model or infer_model(state_dict)
     if num_classes is None and "num_classes" not in kwargs:
-        num_classes = _num_classes(state_dict)
+        num_classes = head_num_classes(state_dict)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     kwargs.update(model_kwargs or {})
@@ -150,7 +150,7 @@ def save_safetensors(state_dict: dict[str, Tensor], path: str | PathLike, metada
         raise
 
 
-def _num_classes(state_dict: dict[str, Tensor]) -> int | None:
+def head_num_classes(state_dict: dict[str, Tensor]) -> int | None:
     """Rows of the class head of a checkpoint with official or our names, None without one."""
     key = next((k for k in _NUM_CLASSES_KEYS if k in state_dict), None)
     return state_dict[key].shape[0] if key else None
