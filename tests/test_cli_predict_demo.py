@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -156,15 +155,12 @@ def test_demo_end_to_end(tmp_path: Path):
     """One epoch on 32 canvases, evaluated on 16: every file is written (a subprocess, as a user runs it)."""
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "deformvision.cli", "demo", "--epochs", "1", "--num-train", "32", "--num-val", "16",
          "--output-dir", str(out)],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    assert seconds < 60, f"the demo smoke test took {seconds:.0f} s"
     assert "COCO box AP" in proc.stdout and "Average Precision" in proc.stdout
     for name in ("config.yaml", "model_final.safetensors", "metrics.json", "log.jsonl", "sampling_points.png",
                  "predictions/predictions.json"):  # fmt: skip
