@@ -147,6 +147,29 @@ def test_backend_matches_plain_reference(backend, case):
         torch.testing.assert_close(result, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("taps_per_row", [0.0, float("inf")], ids=["by_first_corner", "by_row"])
+@pytest.mark.parametrize("case", [*SHAPE_CASES.values(), dict(N=2, Lq=3, M=2, D=4, shapes=[(3, 3), (0, 2)], P=2)])
+def test_cpu_value_gradient_both_ways(monkeypatch, taps_per_row, case):
+    """The CPU value gradient has two ways (chosen by taps per table row): force each, compare to the reference."""
+    msda = sys.modules["deformvision.ops.ms_deform_attn"]
+    monkeypatch.setattr(msda, "_SPARSE_TAPS_PER_ROW", taps_per_row)
+    inputs = random_inputs(**case, seed=case["N"] * 7 + case["P"])
+    grad_output = torch.randn(case["N"], case["Lq"], case["M"] * case["D"], dtype=torch.float64)
+    result = forward_backward(inputs, grad_output, backend="cpu")[1]
+    if any(h * w == 0 for h, w in case["shapes"]):  # grid_sample rejects empty levels: leave them out
+        value, spatial_shapes, _, locations, weights = inputs
+        keep = [level for level, (h, w) in enumerate(case["shapes"]) if h * w > 0]
+        inputs = (
+            value,
+            spatial_shapes[keep],
+            level_start_index(spatial_shapes[keep]),
+            locations[:, :, :, keep],
+            weights[:, :, :, keep],
+        )
+    expected = reference_forward_backward(inputs, grad_output)[1]
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cpu_low_precision_matches_reference(dtype):
     inputs = random_inputs(N=2, Lq=5, M=2, D=8, shapes=[(6, 4), (3, 2)], P=4, seed=1)

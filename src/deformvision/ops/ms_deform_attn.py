@@ -14,12 +14,13 @@ Backends (``backend=`` of :func:`ms_deform_attn`):
   which every level is bordered by one row/column of zeros: each point's four bilinear corners become four
   table rows whose weights (bilinear weight times attention weight) are precomputed, and taps outside the
   map read the zero border. The backward recomputes the taps, gets the tap-weight gradients from one
-  sampled dense-dense product (``torch.sparse.sampled_addmm``), the value gradient by sorting the points
-  by table row and gathering with ``F.embedding_bag`` again (no serial scatter), and applies the chain
-  rule to the locations and attention weights by hand. Deterministic. float16/bfloat16 are computed in
-  float32. At Deformable DETR encoder size on a 2-core CPU it is about 3.5x faster than the reference
-  forward and 2.5-3x faster forward+backward, with under half the reference's peak memory; decoder size
-  (300 queries) about 6x forward and 1.7-2x forward+backward (``benchmarks/bench_ms_deform_attn.py``).
+  sampled dense-dense product (``torch.sparse.sampled_addmm``), the value gradient by sorting the taps
+  (few queries) or the points (many queries) by table row and gathering with ``F.embedding_bag`` again
+  (no serial scatter), and applies the chain rule to the locations and attention weights by hand.
+  Deterministic. float16/bfloat16 are computed in float32. At Deformable DETR encoder size on a 2-core CPU
+  it is about 3.5x faster than the reference forward and 2.5-3x faster forward+backward, with under half
+  the reference's peak memory; at decoder size (300 queries) about 6x forward and 2-3x forward+backward
+  (``benchmarks/bench_ms_deform_attn.py``).
 - ``"triton"``: fused kernels from :mod:`deformvision.ops._msda_triton` for CUDA tensors of dtype
   float32/float16/bfloat16 (on CPU tensors only inside the Triton interpreter, ``TRITON_INTERPRET=1``).
   The backward is bitwise reproducible when ``torch.are_deterministic_algorithms_enabled()``.
@@ -330,6 +331,11 @@ def _reference_backward(
 # Fast CPU path: one embedding_bag over a zero-bordered value table
 # --------------------------------------------------------------------------------------------------------
 
+# Below this many bilinear taps per row of the padded value table (the decoder: few queries over large
+# maps), the value gradient is gathered row by row (see _grad_value; the two ways cross at 2-4 taps per
+# row on a 2-core CPU).
+_SPARSE_TAPS_PER_ROW = 2.0
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -428,10 +434,63 @@ def _cpu_forward(
 def _grad_value(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], value_shape: torch.Size) -> Tensor:
     """d loss / d value: every tap adds tap weight * grad_out[query] to its corner's row of the table.
 
-    Instead of scattering (serial on CPU), the points are sorted by the table row of their corner (0, 0),
-    which makes the transposed problem a gather: one ``embedding_bag`` per corner sums, for every table
-    row, the weighted output gradients of the points whose corner (0, 0) is that row. The sums of corner
-    (cy, cx) then belong cy rows and cx columns further on in the same level, which is a shifted slice.
+    Scatters are serial on CPU, so both ways below turn the scatter into gathers (``embedding_bag``,
+    deterministic). With few taps per table row (the decoder: few queries over large maps) the taps are
+    sorted by row (:func:`_grad_value_by_row`); with many (the encoder) that sort would dominate, and only
+    the points are sorted, by their corner (0, 0) (:func:`_grad_value_by_first_corner`).
+    """
+    N, S, M, D = value_shape
+    table_rows = N * sum((h + 2) * (w + 2) for h, w in shapes) * M
+    if taps.rows.numel() < _SPARSE_TAPS_PER_ROW * table_rows:
+        return _grad_value_by_row(taps, grad_out, shapes, value_shape)
+    return _grad_value_by_first_corner(taps, grad_out, shapes, value_shape)
+
+
+def _grad_value_by_row(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], value_shape: torch.Size) -> Tensor:
+    """The taps sorted by table row: one weighted sum of output gradients per row that some tap reads.
+
+    The rows of the padded table that lie on a level's zero border are dropped; the others are mapped
+    back to their rows of the (N * S * M, D) value gradient.
+    """
+    N, S, M, D = value_shape
+    taps_per_query = taps.rows[0].numel()
+    rows = taps.rows.view(-1)  # (B*4K,)
+    order = torch.argsort(rows, stable=True)  # (B*4K,) taps grouped by row, in query order
+    used_rows, counts = torch.unique_consecutive(rows[order], return_counts=True)  # (R,) each
+    sums = F.embedding_bag(
+        order // taps_per_query,  # the query row b = (n, q, m) of each sorted tap
+        grad_out,
+        counts.cumsum(0) - counts,  # where each used row's taps start in `order`
+        mode="sum",
+        per_sample_weights=taps.tap_weights.view(-1)[order],
+    )  # (R, D)
+
+    # A used row (n * S' + position) * M + m of the padded table, position = start'_l + i * (W_l + 2) + j,
+    # is the value row (n * S + start_l + (i - 1) * W_l + j - 1) * M + m if 1 <= i <= H_l, 1 <= j <= W_l.
+    heights, widths = torch.tensor(shapes, dtype=torch.int64).view(-1, 2).unbind(1)  # (L,) each
+    padded_sizes = (heights + 2) * (widths + 2)  # (L,)
+    padded_starts = padded_sizes.cumsum(0) - padded_sizes  # (L,)
+    level_starts = (heights * widths).cumsum(0) - heights * widths  # (L,)
+    used_rows = used_rows.long()
+    head = used_rows % M  # (R,)
+    padded_total = int(padded_sizes.sum())
+    sample, position = used_rows // M // padded_total, used_rows // M % padded_total  # (R,) each
+    level = torch.searchsorted(padded_starts, position, right=True) - 1  # (R,)
+    width = widths[level]  # (R,)
+    offset = position - padded_starts[level]  # (R,) position within the padded level
+    i, j = offset // (width + 2), offset % (width + 2)  # (R,) each, padded coordinates
+    interior = (i >= 1) & (i <= heights[level]) & (j >= 1) & (j <= width)  # (R,)
+    value_rows = ((sample * S + level_starts[level] + (i - 1) * width + j - 1) * M + head)[interior]  # (R',)
+    grad_value = grad_out.new_zeros(N * S * M, D)
+    return grad_value.index_copy_(0, value_rows, sums[interior]).view(N, S, M, D)
+
+
+def _grad_value_by_first_corner(
+    taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], value_shape: torch.Size
+) -> Tensor:
+    """The points sorted by the table row of their corner (0, 0): one ``embedding_bag`` per corner sums, for
+    every table row, the weighted output gradients of the points whose corner (0, 0) is that row. The sums
+    of corner (cy, cx) then belong cy rows and cx columns further on in the same level, a shifted slice.
     """
     N, S, M, D = value_shape
     B, _, _, K = taps.rows.shape
