@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from deformvision.cli import main
 from deformvision.data import build_digits_detection
 from deformvision.demo import RECIPE, demo_config
-from deformvision.engine import STAT_NAMES, build_model, load_config, save_config
+from deformvision.engine import STAT_NAMES, build_model, build_transforms, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 # A narrow DAT for the detector (strides 8/16/32 at 64 pixels and up) and a tiny classifier.
@@ -141,6 +141,11 @@ def test_the_config_file_is_the_demo_recipe():
     assert config.model == recipe.model
     assert config.aug == recipe.aug and config.optim == recipe.optim and config.loss == recipe.loss
     assert config.data.batch_size == RECIPE["data"]["batch_size"] and config.threads == recipe.threads
+    # training images are resized only: a mirrored digit is not that digit
+    assert repr(build_transforms(config, train=True)).startswith("Compose(RandomResize(")
+    assert "Flip" not in repr(build_transforms(config, train=True)) and "Crop" not in repr(
+        build_transforms(config, True)
+    )
 
 
 def test_demo_help(capsys):

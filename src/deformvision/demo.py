@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from deformvision.data import IMAGENET_MEAN, IMAGENET_STD, build_digits_detection
-from deformvision.data import transforms_det as T
+from deformvision.data import build_digits_detection
 from deformvision.data._image import load_rgb
 from deformvision.engine import (
     DataBundle,
@@ -74,7 +73,8 @@ RECIPE: dict[str, Any] = {
     "data": {"task": "detection", "format": "coco", "train_split": "train/images", "val_split": "val/images",
              "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json",
              "batch_size": 8, "num_workers": 0},
-    "aug": {"scales": [128], "max_size": 128, "crop": [128, 128], "crop_resize": [128], "val_size": 128},
+    # multi-scale resize only: no flip (a mirrored digit is not that digit), no crop branch
+    "aug": {"scales": [128], "max_size": 128, "hflip": 0.0, "crop": None, "val_size": 128},
     "optim": {"lr": 1.0e-3, "lr_mults": {"sampling_offsets": 0.1, "reference_points": 0.1}, "weight_decay": 1.0e-4,
               "no_decay_1d": False, "clip_grad": 0.1},
     "loss": {"num_select": 100},
@@ -94,13 +94,6 @@ class DemoResult:
     train_seconds: float
     total_seconds: float
     files: dict[str, Path]
-
-
-def train_transform(config: TrainConfig) -> T.Compose:
-    """The demo's training augmentation: Deformable DETR's multi-scale resize (``aug.scales``, ``aug.max_size``)
-    without its horizontal flip (a mirrored digit is not that digit) and random crop."""
-    return T.Compose([T.RandomResize(config.aug.scales, config.aug.max_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
 
 
 def demo_config(output_dir: Path, data_root: Path, seed: int) -> TrainConfig:
@@ -268,7 +261,6 @@ def run_demo(
     torch.set_num_threads(config.threads)
     save_config(config, output_dir / RUN_CONFIG)
     data = build_data(config)
-    data.train.transform = train_transform(config)
     seed_everything(seed)
     model = build_model(config, data.num_classes)
     task = build_task(config, data, model)

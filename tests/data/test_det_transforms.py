@@ -120,6 +120,22 @@ def test_train_recipe_keeps_box_on_its_pixels(seed: int) -> None:
     assert torch.equal(x, again[0]) and torch.equal(out["boxes"], again[1]["boxes"])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_train_recipe_flip_probability_and_no_crop(seed: int) -> None:
+    img, target = _scene()
+    kwargs = dict(scales=(60,), max_size=100, crop=None)
+    _, kept = build_detection_transforms(True, hflip=0.0, **kwargs)(img, target, generator=_g(seed))
+    _, flipped = build_detection_transforms(True, hflip=1.0, **kwargs)(img, target, generator=_g(seed))
+    torch.testing.assert_close(kept["boxes"][0], torch.tensor([0.2, 35 / 60, 0.2, 0.5]))  # cxcywh of (10, 20, 30, 50)
+    torch.testing.assert_close(flipped["boxes"][0], torch.tensor([0.8, 35 / 60, 0.2, 0.5]))
+    assert kept["size"].tolist() == [60, 100]  # resized to scale 60 only: never cropped
+
+
+def test_train_recipe_rejects_bad_flip_probability() -> None:
+    with pytest.raises(ValueError, match="hflip"):
+        build_detection_transforms(True, hflip=1.5)
+
+
 def test_eval_recipe_and_inference_target() -> None:
     img, target = _scene()
     x, out = build_detection_transforms(False, val_size=30, max_size=1333)(img, target)

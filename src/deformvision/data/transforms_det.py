@@ -228,25 +228,33 @@ def build_detection_transforms(
     *,
     scales: Sequence[int] = COCO_SCALES,
     max_size: int = 1333,
-    crop: tuple[int, int] = (384, 600),
+    crop: tuple[int, int] | None = (384, 600),
     crop_resize: Sequence[int] = (400, 500, 600),
     val_size: int = 800,
+    hflip: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
     """The Deformable DETR COCO pipeline: ``(PIL image, target)`` -> ``((3, H, W) tensor, target)``.
 
-    Train: ``RandomHorizontalFlip(0.5)``, then with probability 1/2 ``RandomResize(scales, max_size)``,
+    Train: ``RandomHorizontalFlip(hflip)``, then with probability 1/2 ``RandomResize(scales, max_size)``,
     else ``RandomResize(crop_resize)``, ``RandomSizeCrop(*crop)``, ``RandomResize(scales, max_size)``;
-    then ``ToTensor``, ``Normalize(mean, std)``.
+    then ``ToTensor``, ``Normalize(mean, std)``. ``hflip=0`` leaves out the flip (for data where a mirror
+    image is another class, such as digits) and ``crop=None`` the random-crop branch.
     Eval: ``RandomResize([val_size], max_size)`` (deterministic), ``ToTensor``, ``Normalize``.
 
     The defaults are COCO's; for small images scale everything down, e.g. for 128-pixel canvases
     ``scales=range(96, 161, 16), max_size=267, crop=(80, 128), crop_resize=(96, 112, 128), val_size=128``
     (the same ratios to the image size as COCO's to its typical 640 x 480).
     """
+    if not 0.0 <= hflip <= 1.0:
+        raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
     finish = [ToTensor(), Normalize(mean, std)]
     if not train:
         return Compose([RandomResize([val_size], max_size), *finish])
-    resize_crop = Compose([RandomResize(crop_resize), RandomSizeCrop(*crop), RandomResize(scales, max_size)])
-    return Compose([RandomHorizontalFlip(), RandomSelect(RandomResize(scales, max_size), resize_crop), *finish])
+    flip = [RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    resize = RandomResize(scales, max_size)
+    if crop is not None:
+        resize_crop = Compose([RandomResize(crop_resize), RandomSizeCrop(*crop), RandomResize(scales, max_size)])
+        resize = RandomSelect(resize, resize_crop)
+    return Compose([*flip, resize, *finish])

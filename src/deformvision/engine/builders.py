@@ -75,7 +75,8 @@ def build_transforms(config: TrainConfig, train: bool) -> Callable[..., Any]:
     data, aug = config.data, config.aug
     if data.task == "detection":
         return build_detection_transforms(train, scales=aug.scales, max_size=aug.max_size, crop=aug.crop,
-                                          crop_resize=aug.crop_resize, val_size=aug.val_size)  # fmt: skip
+                                          crop_resize=aug.crop_resize, val_size=aug.val_size,
+                                          hflip=aug.hflip)  # fmt: skip
     if not train:
         return build_classification_transforms(False, data.img_size, crop_pct=aug.crop_pct)
     return build_classification_transforms(True, data.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,

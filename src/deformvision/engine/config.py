@@ -70,7 +70,7 @@ class AugConfig:
 
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    hflip: float = 0.5  # horizontal-flip probability (classification and detection; 0: off)
     rand_augment: tuple[int, float] | None = (2, 9)  # (num_ops, magnitude); null: off
     reprob: float = 0.25  # random erasing
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, centre crop img_size
@@ -80,7 +80,7 @@ class AugConfig:
     mixup_switch_prob: float = 0.5
     scales: tuple[int, ...] = COCO_SCALES  # detection: shorter sides of the multi-scale resize
     max_size: int = 1333
-    crop: tuple[int, int] = (384, 600)  # detection: RandomSizeCrop (min, max)
+    crop: tuple[int, int] | None = (384, 600)  # detection: RandomSizeCrop (min, max); null: no crop branch
     crop_resize: tuple[int, ...] = (400, 500, 600)
     val_size: int = 800
 
