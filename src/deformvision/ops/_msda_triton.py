@@ -20,7 +20,9 @@ Forward and backward use a 1-D grid with one program per (n, block of BLOCK_Q qu
 index varies fastest, so programs running side by side share the queries and the image. A program holds a
 (BLOCK_Q, BLOCK_D) tile, BLOCK_D being the next power of two >= D with the tail masked, and loops over
 the L levels and P points. Each tap gathers four corner rows of D values with masked loads and
-accumulates in fp32; results are cast to the dtype of the matching input when stored.
+accumulates in fp32; results are cast to the dtype of the matching input when stored. Both kernels set up a
+tap with the same device functions: ``_bilinear_tap`` (attention weight, corner pixel, interpolation weights,
+which corners lie inside the map) and ``_corner_offsets`` (where the four corner rows lie).
 
 The backward kernel recomputes the four corner rows. ``grad_attention_weights`` and
 ``grad_sampling_locations`` belong to one tap each, so they are plain stores (the reduction over D happens
@@ -36,8 +38,9 @@ inside the program). ``grad_value`` receives contributions from many taps:
   segment sequentially in sorted (= original entry) order, so the result is bitwise reproducible. Cost:
   two buffers of N * Lq * M * L * P * 4 entries (int64 keys, fp32 coefficients) plus the sort.
 
-Triton is imported lazily, so the library imports without it, and the kernels are plain functions wrapped
-on first use. As with ``triton.jit``, they run in the Triton interpreter when ``TRITON_INTERPRET=1`` is
+Triton is imported lazily, so the library imports without it, and the kernels and device functions are
+plain functions wrapped on first use (the kernels call the wrapped device functions through module globals
+bound at launch). As with ``triton.jit``, they run in the Triton interpreter when ``TRITON_INTERPRET=1`` is
 set (the only way to run them on CPU tensors), compiled otherwise. The interpreter needs the variable set
 before triton is first imported (triton builds its own helpers such as ``tl.zeros`` and ``tl.sum`` for the
 interpreter at import) and still set at launch (triton imports more modules lazily); a clear error is
@@ -53,12 +56,13 @@ from typing import Any
 
 import torch
 
-# `triton.language`, bound by `_wrap` on first use: the kernels below resolve `tl` as a module global (their
-# `tl.constexpr` annotations stay strings thanks to `from __future__ import annotations`).
+# `triton.language`, bound by `_wrap` on first use: the kernels and device functions below resolve `tl` as a
+# module global (their `tl.constexpr` annotations stay strings thanks to `from __future__ import annotations`).
 tl: Any = None
 
-# Query-kernel tiles hold (at least) this many values, 4 per thread: compiled for sm_80/sm_90, the forward
-# kernel then needs about 100 registers and the backward kernel about 170, without spills.
+# Query-kernel tiles hold (at least) this many values, 4 per thread: compiled ahead of time for sm_80/sm_90
+# (Triton 3.9's ptxas, no GPU), the forward kernel then needs about 100 registers and the backward kernel about
+# 170, with at most 8 bytes of spill stores (forward, D <= 64). Never measured on a GPU yet.
 _TILE = 512
 
 
@@ -69,6 +73,65 @@ def is_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _bilinear_tap(loc_ptr, attn_ptr, tap, q_mask, H, W):
+    """Attention weight and bilinear corners of the taps ``tap`` ([BLOCK_Q] int64, masked by ``q_mask``).
+
+    The taps sample a level of H x W pixels (int32 scalars). Returns ``(a, x0, y0, lx, ly, hx, hy, ok_x0, ok_x1,
+    ok_y0, ok_y1)``, all [BLOCK_Q]: the attention weight (fp32); the top-left corner (x0, y0) (int32); the weights
+    lx of column x0 + 1 and ly of row y0 + 1, hx = 1 - lx and hy = 1 - ly (fp32); whether columns x0 and x0 + 1
+    lie inside the map, and whether rows y0 and y0 + 1 do for a tap that touches the map (both false for masked
+    taps and taps outside it). Corner (x0 + j, y0 + i) is inside the map where ``ok_y{i} & ok_x{j}``.
+
+    The attention weight is loaded here, between the coordinates and the tests on them, on purpose: ptxas
+    allocates registers by instruction order, and loading it in the kernels instead costs the backward kernel up
+    to 17 more registers on sm_90.
+    """
+    H_f = H.to(tl.float32)
+    W_f = W.to(tl.float32)
+    x = tl.load(loc_ptr + 2 * tap, mask=q_mask, other=0.0).to(tl.float32) * W_f - 0.5
+    y = tl.load(loc_ptr + 2 * tap + 1, mask=q_mask, other=0.0).to(tl.float32) * H_f - 0.5
+    a = tl.load(attn_ptr + tap, mask=q_mask, other=0.0).to(tl.float32)
+
+    # Taps outside (-1, W) x (-1, H) touch no pixel; nan/inf fail the test too. Zeroing their coordinates keeps
+    # floor() and the int32 conversion in range.
+    inside = q_mask & (x >= -1.0) & (x < W_f) & (y >= -1.0) & (y < H_f)
+    x = tl.where(inside, x, 0.0)
+    y = tl.where(inside, y, 0.0)
+    x0_f = tl.floor(x)
+    y0_f = tl.floor(y)
+    lx = x - x0_f  # weight of the x0 + 1 column
+    ly = y - y0_f  # weight of the y0 + 1 row
+    hx = 1.0 - lx
+    hy = 1.0 - ly
+    x0 = x0_f.to(tl.int32)
+    y0 = y0_f.to(tl.int32)
+    ok_x0 = x0 >= 0
+    ok_x1 = x0 + 1 < W
+    ok_y0 = inside & (y0 >= 0)
+    ok_y1 = inside & (y0 + 1 < H)
+    return a, x0, y0, lx, ly, hx, hy, ok_x0, ok_x1, ok_y0, ok_y1
+
+
+def _corner_offsets(pixel00, W, row_stride):
+    """Offsets of the four corner rows of a tap in a tensor laid out like ``value`` (N, S, M, D).
+
+    ``pixel00`` ([BLOCK_Q] int64) is the index of corner (x0, y0) among the image's S pixels, W the width of its
+    level and ``row_stride`` (M * D) the number of elements between pixels s and s + 1. Returns ``(offset00,
+    offset01, offset10, offset11)``, [BLOCK_Q, 1] int64: ``offset{i}{j}`` is that of corner (x0 + j, y0 + i),
+    counted from the head's row of the image's first pixel.
+    """
+    offset00 = (pixel00 * row_stride)[:, None]
+    offset01 = offset00 + row_stride
+    offset10 = offset00 + W.to(tl.int64) * row_stride
+    offset11 = offset10 + row_stride
+    return offset00, offset01, offset10, offset11
+
+
+# The device functions above, as plain functions: the kernels below call them through module globals, which
+# `_kernel` binds to their wrapped versions before each launch.
+_DEVICE_FUNCTIONS = (_bilinear_tap, _corner_offsets)
 
 
 def _msda_forward_kernel(
@@ -107,36 +170,10 @@ def _msda_forward_kernel(
         H = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
         W = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
         start = tl.load(level_start_ptr + lvl)  # int64
-        H_f = H.to(tl.float32)
-        W_f = W.to(tl.float32)
         for pt in range(P):
             tap = (row * L + lvl) * P + pt  # [BLOCK_Q] int64
-            x = tl.load(loc_ptr + 2 * tap, mask=q_mask, other=0.0).to(tl.float32) * W_f - 0.5
-            y = tl.load(loc_ptr + 2 * tap + 1, mask=q_mask, other=0.0).to(tl.float32) * H_f - 0.5
-            a = tl.load(attn_ptr + tap, mask=q_mask, other=0.0).to(tl.float32)
-
-            # Taps outside (-1, W) x (-1, H) touch no pixel; nan/inf fail the test too. Zeroing their
-            # coordinates keeps floor() and the int32 conversion in range.
-            inside = q_mask & (x >= -1.0) & (x < W_f) & (y >= -1.0) & (y < H_f)
-            x = tl.where(inside, x, 0.0)
-            y = tl.where(inside, y, 0.0)
-            x0_f = tl.floor(x)
-            y0_f = tl.floor(y)
-            lx = x - x0_f  # weight of the x0 + 1 column
-            ly = y - y0_f  # weight of the y0 + 1 row
-            hx = 1.0 - lx
-            hy = 1.0 - ly
-            x0 = x0_f.to(tl.int32)
-            y0 = y0_f.to(tl.int32)
-            ok_x0 = x0 >= 0
-            ok_x1 = x0 + 1 < W
-            ok_y0 = inside & (y0 >= 0)
-            ok_y1 = inside & (y0 + 1 < H)
-
-            offset00 = ((start + y0 * W + x0) * value_row_stride)[:, None]  # [BLOCK_Q, 1] int64
-            offset01 = offset00 + value_row_stride
-            offset10 = offset00 + W.to(tl.int64) * value_row_stride
-            offset11 = offset10 + value_row_stride
+            a, x0, y0, lx, ly, hx, hy, ok_x0, ok_x1, ok_y0, ok_y1 = _bilinear_tap(loc_ptr, attn_ptr, tap, q_mask, H, W)
+            offset00, offset01, offset10, offset11 = _corner_offsets(start + y0 * W + x0, W, value_row_stride)
             v00 = tl.load(value_head + offset00, mask=(ok_y0 & ok_x0)[:, None] & d_mask_2d, other=0.0)
             v01 = tl.load(value_head + offset01, mask=(ok_y0 & ok_x1)[:, None] & d_mask_2d, other=0.0)
             v10 = tl.load(value_head + offset10, mask=(ok_y1 & ok_x0)[:, None] & d_mask_2d, other=0.0)
@@ -204,34 +241,14 @@ def _msda_backward_kernel(
         W_f = W.to(tl.float32)
         for pt in range(P):
             tap = (row * L + lvl) * P + pt  # [BLOCK_Q] int64
-            x = tl.load(loc_ptr + 2 * tap, mask=q_mask, other=0.0).to(tl.float32) * W_f - 0.5
-            y = tl.load(loc_ptr + 2 * tap + 1, mask=q_mask, other=0.0).to(tl.float32) * H_f - 0.5
-            a = tl.load(attn_ptr + tap, mask=q_mask, other=0.0).to(tl.float32)
-
-            # Same sampling set-up as the forward kernel.
-            inside = q_mask & (x >= -1.0) & (x < W_f) & (y >= -1.0) & (y < H_f)
-            x = tl.where(inside, x, 0.0)
-            y = tl.where(inside, y, 0.0)
-            x0_f = tl.floor(x)
-            y0_f = tl.floor(y)
-            lx = x - x0_f
-            ly = y - y0_f
-            hx = 1.0 - lx
-            hy = 1.0 - ly
-            x0 = x0_f.to(tl.int32)
-            y0 = y0_f.to(tl.int32)
-            ok_x0 = x0 >= 0
-            ok_x1 = x0 + 1 < W
-            ok00 = inside & (y0 >= 0) & ok_x0
-            ok01 = inside & (y0 >= 0) & ok_x1
-            ok10 = inside & (y0 + 1 < H) & ok_x0
-            ok11 = inside & (y0 + 1 < H) & ok_x1
+            a, x0, y0, lx, ly, hx, hy, ok_x0, ok_x1, ok_y0, ok_y1 = _bilinear_tap(loc_ptr, attn_ptr, tap, q_mask, H, W)
+            ok00 = ok_y0 & ok_x0  # [BLOCK_Q], corner (x0 + j, y0 + i) inside the map: ok{i}{j}
+            ok01 = ok_y0 & ok_x1
+            ok10 = ok_y1 & ok_x0
+            ok11 = ok_y1 & ok_x1
 
             pixel00 = start + y0 * W + x0  # [BLOCK_Q] int64, may be negative where masked
-            offset00 = (pixel00 * value_row_stride)[:, None]
-            offset01 = offset00 + value_row_stride
-            offset10 = offset00 + W.to(tl.int64) * value_row_stride
-            offset11 = offset10 + value_row_stride
+            offset00, offset01, offset10, offset11 = _corner_offsets(pixel00, W, value_row_stride)
             mask00 = ok00[:, None] & d_mask_2d  # [BLOCK_Q, BLOCK_D]
             mask01 = ok01[:, None] & d_mask_2d
             mask10 = ok10[:, None] & d_mask_2d
@@ -313,6 +330,8 @@ def _kernel(fn: Callable[..., None], device: torch.device) -> Any:
         )
     if interpret and not _triton_built_for_interpreter():
         raise RuntimeError("TRITON_INTERPRET=1 was set after triton had been imported; set it before.")
+    for device_fn in _DEVICE_FUNCTIONS:  # called by the kernels, wrapped the same way
+        globals()[device_fn.__name__] = _wrap(device_fn, interpret)
     return _wrap(fn, interpret)
 
 
