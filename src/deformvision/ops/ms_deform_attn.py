@@ -18,8 +18,8 @@ Backends (``backend=`` of :func:`ms_deform_attn`):
   (few queries) or the points (many queries) by table row and gathering with ``F.embedding_bag`` again
   (no serial scatter), and applies the chain rule to the locations and attention weights by hand.
   Deterministic. float16/bfloat16 are computed in float32. At Deformable DETR encoder size on a 2-core CPU
-  it is about 3.5x faster than the reference forward and 2.5-3x faster forward+backward, with under half
-  the reference's peak memory; at decoder size (300 queries) about 6x forward and 2-3x forward+backward
+  it is about 4-5x faster than the reference forward and 2.5-3x faster forward+backward, with under half
+  the reference's peak memory; at decoder size (300 queries) about 6-7x forward and 3-3.5x forward+backward
   (``benchmarks/bench_ms_deform_attn.py``).
 - ``"triton"``: fused kernels from :mod:`deformvision.ops._msda_triton` for CUDA tensors of dtype
   float32/float16/bfloat16 (on CPU tensors only inside the Triton interpreter, ``TRITON_INTERPRET=1``).
