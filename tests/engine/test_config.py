@@ -73,6 +73,8 @@ def test_defaults_without_a_file():
         (["optim=3"], "optim must be a mapping"),
         (["optim.lr"], "must look like section.key=value"),
         (["log.interval=0"], "log.interval must be at least 1; got 0"),
+        (["aug.hflip=2"], "aug.hflip must be a probability in [0, 1]; got 2.0"),
+        (["aug.reprob=-0.1"], "aug.reprob must be a probability in [0, 1]; got -0.1"),
     ],
 )
 def test_invalid_overrides_raise_clear_errors(overrides, message):

@@ -193,6 +193,7 @@ _CHOICES = {
 }
 _POSITIVE = (("data", "batch_size"), ("schedule", "epochs"), ("log", "interval"), ("checkpoint", "keep"),
              ("eval_every",))  # fmt: skip
+_PROBABILITIES = (("aug", "hflip"), ("aug", "reprob"), ("aug", "mixup_prob"), ("aug", "mixup_switch_prob"))
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
@@ -225,6 +226,9 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     for path in _POSITIVE:
         if _get(config, path) < 1:
             raise ConfigError(f"{'.'.join(path)} must be at least 1; got {_get(config, path)}")
+    for path in _PROBABILITIES:
+        if not 0.0 <= _get(config, path) <= 1.0:
+            raise ConfigError(f"{'.'.join(path)} must be a probability in [0, 1]; got {_get(config, path)}")
     return config
 
 
