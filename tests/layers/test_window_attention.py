@@ -39,8 +39,10 @@ def naive_window_attention(attn: WindowAttention, x: torch.Tensor) -> torch.Tens
             and (region(rki, hp), region(rkj, wp)) == (region(ri, hp), region(rj, wp))
         ]
         bias = torch.stack(
-            [table[(ri % ws - rolled[kk][0] % ws + ws - 1) * (2 * ws - 1) + rj % ws - rolled[kk][1] % ws + ws - 1]
-             for kk in keys]
+            [
+                table[(ri % ws - rolled[kk][0] % ws + ws - 1) * (2 * ws - 1) + rj % ws - rolled[kk][1] % ws + ws - 1]
+                for kk in keys
+            ]
         )  # n_keys, heads
         kk = torch.stack([k[:, a, bb] for a, bb in keys], dim=1).view(b, len(keys), heads, -1)
         vv = torch.stack([v[:, a, bb] for a, bb in keys], dim=1).view(b, len(keys), heads, -1)

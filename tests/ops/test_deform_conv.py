@@ -159,9 +159,7 @@ def test_integer_offset_is_translation(shift):
     cols = slice(max(0, -dx), out_w - max(0, dx))
     shifted_rows = slice(rows.start + dy, rows.stop + dy)
     shifted_cols = slice(cols.start + dx, cols.stop + dx)
-    torch.testing.assert_close(
-        out[:, :, rows, cols], reference[:, :, shifted_rows, shifted_cols], rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(out[:, :, rows, cols], reference[:, :, shifted_rows, shifted_cols], rtol=0, atol=1e-12)
 
 
 def _away_from_integers(shape, generator):
@@ -171,9 +169,7 @@ def _away_from_integers(shape, generator):
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
-@pytest.mark.parametrize(
-    "weight_shape,offset_groups", [((3, 4, 2, 2), 2), ((4, 2, 2, 3), 1)], ids=["og2", "groups2"]
-)
+@pytest.mark.parametrize("weight_shape,offset_groups", [((3, 4, 2, 2), 2), ((4, 2, 2, 3), 1)], ids=["og2", "groups2"])
 def test_gradcheck(weight_shape, offset_groups, use_mask):
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 3, 4, dtype=F64, generator=generator)

@@ -28,8 +28,7 @@ class _DeformConvBase(nn.Module):
         super().__init__()
         if groups < 1 or in_channels % groups != 0 or out_channels % groups != 0:
             raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
-                f"by groups ({groups})"
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -111,9 +110,7 @@ class DeformConv2d(_DeformConvBase):
         self.reset_parameters()
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
-        return deform_conv2d(
-            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
-        )
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
 class DeformableConv2d(_DeformConvBase):
@@ -178,9 +175,7 @@ class DeformableConv2d(_DeformConvBase):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if offset_groups < 1 or in_channels % offset_groups != 0:
-            raise ValueError(
-                f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
-            )
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})")
         self.offset_groups = offset_groups
         self.modulated = modulated
         taps = self.kernel_size[0] * self.kernel_size[1]
@@ -205,9 +200,7 @@ class DeformableConv2d(_DeformConvBase):
         offset_channels = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = prediction[:, :offset_channels]  # (N, 2 * og * kH * kW, H_out, W_out)
         mask = prediction[:, offset_channels:].sigmoid() if self.modulated else None  # (N, og * kH * kW, ...)
-        return deform_conv2d(
-            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
-        )
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -109,8 +109,7 @@ class DeformableAttention(nn.Module):
         super().__init__()
         if dim % num_heads or num_heads % num_groups:
             raise ValueError(
-                f"dim ({dim}) must be divisible by num_heads ({num_heads}), "
-                f"and num_heads by num_groups ({num_groups})"
+                f"dim ({dim}) must be divisible by num_heads ({num_heads}), and num_heads by num_groups ({num_groups})"
             )
         self.num_heads = num_heads
         self.num_groups = num_groups

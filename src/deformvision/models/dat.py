@@ -320,8 +320,11 @@ class DAT(nn.Module):
                     converted[key] = value
         for key in ("head.weight", "head.bias"):
             if key in converted and (key not in own or converted[key].shape != own[key].shape):
-                logger.warning("checkpoint head %s %s does not fit this model: keeping the model's own",
-                               key, tuple(converted[key].shape))
+                logger.warning(
+                    "checkpoint head %s %s does not fit this model: keeping the model's own",
+                    key,
+                    tuple(converted[key].shape),
+                )
                 if key in own:
                     converted[key] = own[key]
                 else:

@@ -17,4 +17,7 @@ __all__ = [
     "box_iou",
     "box_xyxy_to_cxcywh",
     "generalized_box_iou",
-    "inverse_sigmoid","deform_conv2d", "ms_deform_attn"]
+    "inverse_sigmoid",
+    "deform_conv2d",
+    "ms_deform_attn",
+]

@@ -82,9 +82,7 @@ def _check_arguments(
         _check_tensor("mask", mask, input)
     if bias is not None:
         if bias.dtype != input.dtype or bias.device != input.device:
-            raise ValueError(
-                f"bias ({bias.dtype}, {bias.device}) does not match input ({input.dtype}, {input.device})"
-            )
+            raise ValueError(f"bias ({bias.dtype}, {bias.device}) does not match input ({input.dtype}, {input.device})")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
@@ -98,9 +96,7 @@ def _check_arguments(
     if group_channels == 0 or k_h == 0 or k_w == 0:
         raise ValueError(f"weight must have non-zero in-channel and kernel sizes, got {tuple(weight.shape)}")
     if in_channels % group_channels != 0:
-        raise ValueError(
-            f"input channels ({in_channels}) must be divisible by weight.shape[1] ({group_channels})"
-        )
+        raise ValueError(f"input channels ({in_channels}) must be divisible by weight.shape[1] ({group_channels})")
     groups = in_channels // group_channels
     if out_channels % groups != 0:
         raise ValueError(f"weight.shape[0] ({out_channels}) must be divisible by groups ({groups})")
@@ -108,13 +104,9 @@ def _check_arguments(
     taps = k_h * k_w
     offset_groups = offset.shape[1] // (2 * taps)
     if offset_groups == 0 or offset.shape[1] != 2 * offset_groups * taps:
-        raise ValueError(
-            f"offset.shape[1] ({offset.shape[1]}) must be a positive multiple of 2 * kH * kW = {2 * taps}"
-        )
+        raise ValueError(f"offset.shape[1] ({offset.shape[1]}) must be a positive multiple of 2 * kH * kW = {2 * taps}")
     if in_channels % offset_groups != 0:
-        raise ValueError(
-            f"input channels ({in_channels}) must be divisible by the offset groups ({offset_groups})"
-        )
+        raise ValueError(f"input channels ({in_channels}) must be divisible by the offset groups ({offset_groups})")
 
     out_h = (height + 2 * padding[0] - dilation[0] * (k_h - 1) - 1) // stride[0] + 1
     out_w = (width + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1
@@ -249,9 +241,7 @@ def deform_conv2d(
     stride = _pair(stride, "stride")
     padding = _pair(padding, "padding")
     dilation = _pair(dilation, "dilation")
-    groups, offset_groups, out_h, out_w = _check_arguments(
-        input, offset, weight, bias, mask, stride, padding, dilation
-    )
+    groups, offset_groups, out_h, out_w = _check_arguments(input, offset, weight, bias, mask, stride, padding, dilation)
     batch = input.shape[0]
     out_channels, group_channels, k_h, k_w = weight.shape
 
