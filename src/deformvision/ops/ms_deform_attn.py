@@ -391,8 +391,8 @@ def _bilinear_taps(
     frac = axis_weights[:, :, 1]  # (B, 2, K)
     torch.fmax(pixel, pixel.new_tensor(-1.0), out=frac)
     torch.minimum(frac, extent, out=frac)  # the clamped coordinate
-    lower = torch.floor(frac, out=axis_weights[:, :, 0])  # (B, 2, K), a scratch view for now
-    lower = torch.minimum(lower, extent - 1)  # (B, 2, K) in [-1, size - 1]
+    lower = frac.floor()  # (B, 2, K)
+    torch.minimum(lower, extent - 1, out=lower)  # in [-1, size - 1]
     frac.sub_(lower)  # (B, 2, K) in [0, 1]
     torch.sub(1.0, frac, out=axis_weights[:, :, 0])
     weighted_y = axis_weights[:, 1] * attention_weights.reshape(B, 1, K)  # (B, 2, K)
@@ -455,8 +455,8 @@ def _grad_value(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], va
 def _grad_value_by_row(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], value_shape: torch.Size) -> Tensor:
     """The taps sorted by table row: one weighted sum of output gradients per row that some tap reads.
 
-    The rows of the padded table that lie on a level's zero border are dropped; the others are mapped
-    back to their rows of the (N * S * M, D) value gradient.
+    The rows of the padded table that lie on a level's zero border are dropped; the others are written
+    to their rows of the (N * S * M, D) value gradient.
     """
     N, S, M, D = value_shape
     taps_per_query = taps.rows[0].numel()
@@ -471,22 +471,11 @@ def _grad_value_by_row(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, in
         per_sample_weights=taps.tap_weights.view(-1)[order],
     )  # (R, D)
 
-    # A used row (n * S' + position) * M + m of the padded table, position = start'_l + i * (W_l + 2) + j,
-    # is the value row (n * S + start_l + (i - 1) * W_l + j - 1) * M + m if 1 <= i <= H_l, 1 <= j <= W_l.
-    heights, widths = torch.tensor(shapes, dtype=torch.int64).view(-1, 2).unbind(1)  # (L,) each
-    padded_sizes = (heights + 2) * (widths + 2)  # (L,)
-    padded_starts = padded_sizes.cumsum(0) - padded_sizes  # (L,)
-    level_starts = (heights * widths).cumsum(0) - heights * widths  # (L,)
-    used_rows = used_rows.long()
-    head = used_rows % M  # (R,)
-    padded_total = int(padded_sizes.sum())
-    sample, position = used_rows // M // padded_total, used_rows // M % padded_total  # (R,) each
-    level = torch.searchsorted(padded_starts, position, right=True) - 1  # (R,)
-    width = widths[level]  # (R,)
-    offset = position - padded_starts[level]  # (R,) position within the padded level
-    i, j = offset // (width + 2), offset % (width + 2)  # (R,) each, padded coordinates
-    interior = (i >= 1) & (i <= heights[level]) & (j >= 1) & (j <= width)  # (R,)
-    value_rows = ((sample * S + level_starts[level] + (i - 1) * width + j - 1) * M + head)[interior]  # (R',)
+    # value row + 1 of every row of the padded table, 0 on the zero border (the padding of an arange)
+    value_row_plus_one = _pad_levels(torch.arange(1, N * S * M + 1).view(N, S, M, 1), shapes).view(-1)  # (N*S'*M,)
+    value_rows = value_row_plus_one[used_rows.long()] - 1  # (R,), -1 for border rows
+    interior = value_rows >= 0
+    value_rows = value_rows[interior]  # (R',)
     grad_value = grad_out.new_zeros(N * S * M, D)
     return grad_value.index_copy_(0, value_rows, sums[interior]).view(N, S, M, D)
 
