@@ -1,11 +1,12 @@
-"""Neural-network building blocks built on :mod:`deformvision.ops`."""
+"""Neural-network building blocks built on :mod:`deformvision.ops`.
+
+Generic layers (``DropPath``, ``Mlp``, ``LayerNorm2d``, ``trunc_normal_``) come from :mod:`timm.layers`;
+what is here is what timm and torchvision do not have.
+"""
 
 from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
 from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints, reference_points
-from deformvision.layers.drop import DropPath, drop_path
-from deformvision.layers.mlp import Mlp
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
-from deformvision.layers.norm import LayerNorm2d
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
 from deformvision.layers.window_attention import WindowAttention
 
@@ -13,15 +14,11 @@ __all__ = [
     "DeformConv2d",
     "DeformableConv2d",
     "DeformableAttention",
-    "DropPath",
-    "LayerNorm2d",
     "MSDeformAttn",
-    "Mlp",
     "PositionEmbeddingSine",
     "SamplingPoints",
     "WindowAttention",
     "directional_offset_bias",
-    "drop_path",
     "mask_to_level",
     "reference_points",
 ]

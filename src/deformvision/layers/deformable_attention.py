@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import nn
-
-from deformvision.layers.norm import LayerNorm2d
 
 
 def reference_points(height: int, width: int, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -126,7 +125,7 @@ class DeformableAttention(nn.Module):
         padding = k // 2 if k != stride else 0
         self.conv_offset = nn.Sequential(
             nn.Conv2d(gc, gc, k, stride, padding, groups=gc),  # depthwise, shared by all groups
-            LayerNorm2d(gc),
+            LayerNorm2d(gc, eps=1e-5),  # the official LayerNormProxy: nn.LayerNorm defaults
             nn.GELU(),
             nn.Conv2d(gc, 2, 1, bias=False),  # (dy, dx) per key-grid point
         )

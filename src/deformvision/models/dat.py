@@ -22,10 +22,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deformvision.layers import DeformableAttention, DropPath, Mlp, SamplingPoints, WindowAttention
+from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
 from deformvision.models._features import FeatureInfo
 from deformvision.models._registry import register_model
 
@@ -66,7 +67,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_ratio * dim, drop)
+        self.mlp = Mlp(dim, mlp_ratio * dim, drop=drop)  # timm: fc1 -> GELU -> drop -> fc2 -> drop
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints | None]:
@@ -368,7 +369,7 @@ def _resize_table(table: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
