@@ -22,13 +22,17 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import generate_default_cfgs
+from timm.models import register_model as timm_register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
 from deformvision.models._features import FeatureInfo
-from deformvision.models._registry import register_model
+from deformvision.models._registry import build_model, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +277,60 @@ class DAT(nn.Module):
             return [self.feature_norms[str(i)](outputs[i]).permute(0, 3, 1, 2) for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs, as timm's ``forward_intermediates``.
+
+        Args:
+            x: ``(B, in_chans, H, W)`` images.
+            indices: stages to return: ``None`` all four, an int ``n`` the last ``n``, or a list of
+                stage indices (negative ones count from the end).
+            norm: pass each returned map through the norm that follows that stage in this model
+                (the final norm after stage 3 of a classifier, the per-output norms of a backbone).
+            stop_early: stop after the last stage needed (only with ``intermediates_only``).
+            output_fmt: ``"NCHW"`` or ``"NHWC"``.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            The maps, ``(B, dims[i], H / 4 / 2^i, W / 4 / 2^i)`` in ``output_fmt``; unless
+            ``intermediates_only``, preceded by :meth:`forward_features`' output (classifiers only).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if not intermediates_only and self.features_only:
+            raise ValueError("a features_only model has no final features: use intermediates_only=True")
+        take, last = feature_take_indices(len(self.stages), indices)
+        self._check_input(x)
+        x = self.stem(x)  # B, H/4, W/4, C0
+        intermediates = []
+        stages = self.stages[: last + 1] if stop_early and intermediates_only else self.stages
+        for i, stage in enumerate(stages):
+            x = stage(x)[0]  # B, H/4/2^i, W/4/2^i, dims[i]
+            if i in take:
+                y = self._stage_norm(i, x) if norm else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def _stage_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The norm this model applies after stage ``index`` (identity where it has none)."""
+        if self.features_only:
+            return self.feature_norms[str(index)](x) if str(index) in self.feature_norms else x
+        return self.norm(x) if index == len(self.stages) - 1 else x
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay besides 1-d ones (timm's convention): the position tables."""
+        return {name for name, _ in self.named_parameters() if name.endswith(("rpe_table", "position_bias_table"))}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations.
 
@@ -375,39 +433,69 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Registered variants: the official v1 configurations (configs/dat_{tiny,small,base}.yaml, dat_base_384).
+# Registered variants: the official v1 configurations (configs/dat_{tiny,small,base}.yaml, dat_base_384),
+# in our registry and in timm's. Weights: the official ImageNet-1k checkpoints (LeapLabTHU/DAT README),
+# converted on loading by DAT.checkpoint_filter. Their SHA-256 digests are not pinned yet (no copy could
+# be fetched where this was written): the first download's digest is recorded and checked afterwards.
+
+
+def _cfg(url: str, **kwargs) -> dict:
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "crop_pct": 0.875,
+        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.proj", "classifier": "head", "license": "apache-2.0",
+        "paper_ids": "arXiv:2201.00520", "paper_name": "Vision Transformer with Deformable Attention",
+        "origin_url": "https://github.com/LeapLabTHU/DAT", **kwargs,
+    }  # fmt: skip
+
+
+default_cfgs = generate_default_cfgs({
+    "dat_tiny.in1k": _cfg("https://cloud.tsinghua.edu.cn/f/1367349deefc48efa650/?dl=1"),
+    "dat_small.in1k": _cfg("https://cloud.tsinghua.edu.cn/f/f04b18081e3e4606adb7/?dl=1"),
+    "dat_base.in1k": _cfg("https://cloud.tsinghua.edu.cn/f/a8d2a9645d454120b635/?dl=1"),
+    "dat_base_384.in1k": _cfg("https://cloud.tsinghua.edu.cn/f/cf6a6b543cd64e0d8e43/?dl=1",
+                              input_size=(3, 384, 384), crop_pct=1.0),
+})  # fmt: skip
 
 _DEEP_STAGE_SPEC = (("L", "S"), ("L", "S"), ("L", "D") * 9, ("L", "D"))
 
 
-def _create(defaults: dict, **kwargs) -> DAT:
-    return DAT(**{**defaults, **kwargs})
+def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> DAT:
+    model = build_model(DAT, variant, pretrained, **{**defaults, **kwargs})
+    model.pretrained_cfg["input_size"] = (model.stem.proj.in_channels, *model.img_size)  # the size built for
+    return model
 
 
+@timm_register_model
 @register_model
-def dat_tiny(**kwargs) -> DAT:
+def dat_tiny(pretrained: bool = False, **kwargs) -> DAT:
     """DAT-T: 28.3M parameters, 4.6 GMACs at 224, 82.0% ImageNet-1k top-1."""
-    return _create(dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), heads=(3, 6, 12, 24),
-                        groups=(-1, -1, 3, 6), drop_path_rate=0.2), **kwargs)  # fmt: skip
+    return _create("dat_tiny", pretrained, dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), heads=(3, 6, 12, 24),
+                   groups=(-1, -1, 3, 6), drop_path_rate=0.2), **kwargs)  # fmt: skip
 
 
+@timm_register_model
 @register_model
-def dat_small(**kwargs) -> DAT:
+def dat_small(pretrained: bool = False, **kwargs) -> DAT:
     """DAT-S: 49.7M parameters, 9.0 GMACs at 224, 83.7% ImageNet-1k top-1."""
-    return _create(dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), heads=(3, 6, 12, 24),
-                        groups=(-1, -1, 3, 6), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.3), **kwargs)  # fmt: skip
+    return _create("dat_small", pretrained, dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2),
+                   heads=(3, 6, 12, 24), groups=(-1, -1, 3, 6), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.3),
+                   **kwargs)  # fmt: skip
 
 
+@timm_register_model
 @register_model
-def dat_base(**kwargs) -> DAT:
+def dat_base(pretrained: bool = False, **kwargs) -> DAT:
     """DAT-B: 87.9M parameters, 15.8 GMACs at 224, 84.0% ImageNet-1k top-1."""
-    return _create(dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), heads=(4, 8, 16, 32),
-                        groups=(-1, -1, 4, 8), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.5), **kwargs)  # fmt: skip
+    return _create("dat_base", pretrained, dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2),
+                   heads=(4, 8, 16, 32), groups=(-1, -1, 4, 8), stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.5),
+                   **kwargs)  # fmt: skip
 
 
+@timm_register_model
 @register_model
-def dat_base_384(**kwargs) -> DAT:
+def dat_base_384(pretrained: bool = False, **kwargs) -> DAT:
     """DAT-B at 384x384 (windows 12): 88.2M parameters, 49.4 GMACs, 84.8% ImageNet-1k top-1."""
-    return _create(dict(img_size=384, dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2), heads=(4, 8, 16, 32),
-                        groups=(-1, -1, 4, 8), window_sizes=(12, 12, 12, 12), stage_spec=_DEEP_STAGE_SPEC,
-                        drop_path_rate=0.5), **kwargs)  # fmt: skip
+    return _create("dat_base_384", pretrained, dict(img_size=384, dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2),
+                   heads=(4, 8, 16, 32), groups=(-1, -1, 4, 8), window_sizes=(12, 12, 12, 12),
+                   stage_spec=_DEEP_STAGE_SPEC, drop_path_rate=0.5), **kwargs)  # fmt: skip
