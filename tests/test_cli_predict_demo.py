@@ -11,11 +11,14 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
+from timm.data import ImageNetInfo
 
+import deformvision as dv
 from deformvision.cli import main
 from deformvision.data import build_digits_detection
 from deformvision.demo import RECIPE, demo_config
 from deformvision.engine import STAT_NAMES, build_model, build_transforms, load_config, save_config
+from deformvision.models._pretrained import weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 # A narrow DAT for the detector (strides 8/16/32 at 64 pixels and up) and a tiny classifier.
@@ -181,3 +184,37 @@ def test_demo_end_to_end(tmp_path: Path):
     # the run directory serves predict
     val = out / "data" / "digits_32_16" / "val" / "images"
     assert main(["predict", str(val), "--run", str(out), "--output-dir", str(tmp_path / "p")]) == 0
+
+
+def test_predict_with_a_model_name_uses_its_pretrained_weights(two_images, tmp_path, monkeypatch, capsys):
+    """No --checkpoint: the published ImageNet weights (here a pre-filled cache) and their class names."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    model = dv.create_model("dat_tiny", **TINY_BACKBONE, img_size=32)  # 1000 classes, as the published head
+    cfg = dv.models.get_pretrained_cfg("dat_tiny")
+    cached = weights_path(cfg.url, "dat_tiny.in1k")
+    cached.parent.mkdir(parents=True)
+    torch.save({"model": model.state_dict()}, cached)
+    argv = ["predict", str(two_images), "--model", "dat_tiny", "--img-size", "32", "--top-k", "3",
+            "--model-kwargs", json.dumps(TINY_BACKBONE), "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert result["weights"] == str(cached)
+    transform = build_transforms(load_config(None, ["model.name=dat_tiny", "data.img_size=32"]), train=False)
+    names = [ImageNetInfo().index_to_description(i) for i in range(1000)]
+    printed = capsys.readouterr().out
+    for image in result["images"]:
+        with torch.no_grad():
+            expected = model.eval()(transform(Image.open(image["file"]).convert("RGB"))[None])[0].softmax(-1)
+        labels = expected.topk(3).indices.tolist()
+        assert [t["label"] for t in image["top_k"]] == labels
+        assert [t["class"] for t in image["top_k"]] == [names[i] for i in labels]
+        assert f"{image['file']}: {names[labels[0]]}" in printed
+
+
+def test_predict_refuses_a_model_without_weights(two_images, tmp_path, capsys):
+    argv = ["predict", str(two_images), "--model", "deformable_detr_dat_digits", "--output-dir", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "deformable_detr_dat_digits has no published weights: pass --checkpoint PATH" in err
+    assert not (tmp_path / "predictions.json").exists()

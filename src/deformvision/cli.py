@@ -433,6 +433,7 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
             "      --checkpoint runs/deformable_detr_digits/model_final.safetensors img.png\n"
             "  deformvision predict --model deformable_detr_r50 --checkpoint r50_deformable_detr.pth \\\n"
             "      --img-size 800 img.jpg\n"
+            "  deformvision predict --model dat_tiny --top-k 5 cat.jpg        # published ImageNet weights\n"
             "  deformvision predict --model dat_tiny --checkpoint dat_tiny.pth --top-k 5 cat.jpg"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -442,7 +443,10 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--run", metavar="DIR", help="a training run directory (config.yaml and weights)")
     source.add_argument("--config", metavar="FILE", help="a YAML config (model, data and evaluation resize)")
     source.add_argument("--model", metavar="NAME", help="a registered model name")
-    parser.add_argument("--checkpoint", metavar="PATH", help="weights (default: the run's, or model.checkpoint)")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="weights (default: the run's, model.checkpoint, or with --model the published pretrained weights)",
+    )  # fmt: skip
     parser.add_argument(
         "--output-dir", default="predictions", metavar="DIR", help="where to write (default: predictions)"
     )
@@ -477,13 +481,17 @@ def _run_predict(args: argparse.Namespace) -> int:
                                    overrides=overrides, model_kwargs=args.model_kwargs, device=args.device)  # fmt: skip
         path = predict_files(predictor, args.inputs, args.output_dir, score_threshold=args.score_threshold,
                              top_k=args.top_k, batch_size=args.batch_size)  # fmt: skip
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         _error("predict", str(err))
         return 1
     images = json.loads(path.read_text())["images"]
     if predictor.task == "detection":
         found = sum(len(image["detections"]) for image in images)
         print(f"{found} detection(s) with score >= {args.score_threshold:g} in {len(images)} image(s)")
+    else:
+        for image in images:
+            best = ", ".join(f"{c['class'] or c['label']} {c['score']:.2f}" for c in image["top_k"][:3])
+            print(f"{image['file']}: {best}")
     print(f"wrote {path} and {len(images)} annotated PNG(s) in {path.parent}")
     return 0
 

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 from PIL import Image
+from timm.data import ImageNetInfo
+from timm.models import PretrainedCfg
 from torch import nn
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 from deformvision.convert.checkpoint import head_num_classes
 from deformvision.data import IMG_EXTENSIONS
@@ -26,7 +29,14 @@ from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
 from deformvision.engine.checkpoint import find_checkpoint
 from deformvision.engine.trainer import FINAL_WEIGHTS
-from deformvision.models import create_model, load_checkpoint, read_state_dict
+from deformvision.models import (
+    create_model,
+    get_pretrained_cfg,
+    list_models,
+    load_checkpoint,
+    load_pretrained,
+    read_state_dict,
+)
 from deformvision.models.deformable_detr import DeformableDETR, PostProcess
 from deformvision.viz import add_title, draw_detections, enlarge, legible_scale
 
@@ -144,23 +154,36 @@ def load_predictor(
             ``config.yaml``, and its weights (``checkpoint`` overrides them).
         config: a YAML config (its ``model``, ``data`` and ``aug``); weights from ``checkpoint``, else
             ``model.checkpoint``.
-        model: a registered model name; ``data.task`` follows the model (a Deformable DETR detects, other models
-            classify), the number of classes the checkpoint's head; class names are unknown. Without
-            ``checkpoint``: random weights.
+        model: a registered model name (``"dat_tiny"``, ``"deformable_detr_r50.coco"``); ``data.task`` follows
+            the model (a Deformable DETR detects, other models classify). Without ``checkpoint`` the published
+            pretrained weights are used (downloaded once and cached), with their class names (ImageNet-1k,
+            COCO); a model without published weights is refused, never run with random weights. With
+            ``checkpoint``: the number of classes of its head; class names unknown.
         checkpoint: weights (ours, official or Hugging Face; see :func:`~deformvision.models.load_checkpoint`).
         overrides: ``section.key=value`` config overrides (e.g. ``aug.val_size=512``, ``loss.num_select=50``).
         model_kwargs: further model arguments (over ``model.kwargs``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
-        ValueError: not exactly one of ``run``, ``config``, ``model``; a config or weights that do not fit.
+        ValueError: not exactly one of ``run``, ``config``, ``model``; a config or weights that do not fit; a
+            model without ``checkpoint`` that has no published weights.
         FileNotFoundError: a missing run directory, config or weights file.
+        RuntimeError: pretrained weights that are not cached and cannot be downloaded.
     """
     if sum(source is not None for source in (run, config, model)) != 1:
         raise ValueError("give exactly one of a run directory, a config file or a model name")
     weights = Path(checkpoint) if checkpoint is not None else None
+    pretrained = None
     if model is not None:
-        train_config, class_names = _model_config(model, weights, overrides), None
+        if weights is None:
+            pretrained = get_pretrained_cfg(model)
+            if not pretrained.has_weights:
+                raise ValueError(
+                    f"model {model} has no published weights: pass --checkpoint PATH (predicting with random "
+                    f"weights would be meaningless); models with weights: {', '.join(list_models(pretrained=True))}"
+                )
+        train_config = _model_config(model.partition(".")[0], weights, pretrained, overrides)
+        class_names = _pretrained_class_names(pretrained)
     else:
         if run is not None:
             run = Path(run)
@@ -179,15 +202,22 @@ def load_predictor(
     if num_classes is None:
         raise ValueError("the number of classes is unknown: set data.num_classes (--set data.num_classes=K)")
     net = build_model(train_config, num_classes)
-    if weights is not None:
+    if pretrained is not None:
+        weights = load_pretrained(net, pretrained)
+    elif weights is not None:
         load_checkpoint(net, weights)
     target = _device(device)
     return Predictor(net.eval().to(target), train_config, class_names, target, weights)
 
 
-def _model_config(model: str, weights: Path | None, overrides: Sequence[str]) -> TrainConfig:
+def _model_config(
+    model: str, weights: Path | None, pretrained: PretrainedCfg | None, overrides: Sequence[str]
+) -> TrainConfig:
     """The default config of a registered model: its task, and the classes of the checkpoint's head."""
-    num_classes = head_num_classes(read_state_dict(weights)) if weights is not None else None
+    if pretrained is not None:
+        num_classes = pretrained.num_classes
+    else:
+        num_classes = head_num_classes(read_state_dict(weights)) if weights is not None else None
     with torch.device("meta"):  # only the kind of model and its default head size are needed
         probe = create_model(model, **({"num_classes": num_classes} if num_classes else {}))
     task = "detection" if isinstance(probe, DeformableDETR) else "classification"
@@ -195,6 +225,19 @@ def _model_config(model: str, weights: Path | None, overrides: Sequence[str]) ->
     if config.data.num_classes is None:
         config.data.num_classes = num_classes or getattr(probe, "num_classes", None)
     return config
+
+
+def _pretrained_class_names(cfg: PretrainedCfg | None) -> list[str] | None:
+    """Class names of published weights: ImageNet-1k (timm's), COCO by category id (torchvision's)."""
+    if cfg is None:
+        return None
+    if cfg.tag == "in1k":
+        info = ImageNetInfo("imagenet-1k")
+        return [info.index_to_description(i) for i in range(info.num_classes())]
+    if cfg.tag == "coco":  # Deformable DETR's labels are COCO category ids (0 and gaps unused)
+        names = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+        return ["" if name in ("__background__", "N/A") else name for name in names]
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

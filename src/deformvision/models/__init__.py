@@ -2,6 +2,15 @@
 
 from deformvision.models import dat, deformable_detr, resnet  # noqa: F401  (register their variants)
 from deformvision.models._checkpoint import load_checkpoint, read_state_dict
+from deformvision.models._pretrained import load_pretrained
 from deformvision.models._registry import create_model, get_pretrained_cfg, list_models, register_model
 
-__all__ = ["create_model", "get_pretrained_cfg", "list_models", "load_checkpoint", "read_state_dict", "register_model"]
+__all__ = [
+    "create_model",
+    "get_pretrained_cfg",
+    "list_models",
+    "load_checkpoint",
+    "load_pretrained",
+    "read_state_dict",
+    "register_model",
+]

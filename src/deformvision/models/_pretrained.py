@@ -18,14 +18,12 @@ The cache directory is ``$TORCH_HOME/hub/checkpoints/deformvision`` (``torch.hub
 one timm and torchvision use) unless ``cache_dir`` is given.
 """
 
-import dataclasses
 import hashlib
 import logging
 import os
 import re
 from os import PathLike
 from pathlib import Path
-from typing import Any
 from urllib.error import URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
@@ -72,6 +70,14 @@ def default_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / "deformvision"
 
 
+def weights_path(url: str, name: str, cache_dir: str | PathLike | None = None) -> Path:
+    """Where :func:`cached_weights` keeps the file of ``url``: ``<cache_dir>/<name>-<8 hex of the URL><suffix>``."""
+    address = split_url(url)[0]
+    suffix = ".safetensors" if urlsplit(address).path.endswith(".safetensors") else ".pth"
+    url_tag = hashlib.sha256(address.encode()).hexdigest()[:8]
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{name}-{url_tag}{suffix}"
+
+
 def cached_weights(url: str, name: str, cache_dir: str | PathLike | None = None, progress: bool = True) -> Path:
     """The local file of the weights at ``url``, downloaded and checked on first use.
 
@@ -89,10 +95,7 @@ def cached_weights(url: str, name: str, cache_dir: str | PathLike | None = None,
             a copy downloaded by hand).
     """
     address, expected = split_url(url)
-    suffix = ".safetensors" if urlsplit(address).path.endswith(".safetensors") else ".pth"
-    url_tag = hashlib.sha256(address.encode()).hexdigest()[:8]
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"{name}-{url_tag}{suffix}"
+    path = weights_path(url, name, cache_dir)
     record = path.with_name(path.name + ".sha256")  # digest of an unpinned file's first download
 
     if path.is_file():
@@ -103,7 +106,7 @@ def cached_weights(url: str, name: str, cache_dir: str | PathLike | None = None,
                 "the file is damaged or not the published one: delete it to download it again"
             )
         return path
-    directory.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     actual = _download(address, path, expected, progress)
     if expected is None:
         logger.warning("weights %s have no pinned SHA-256; recorded %s from the first download", name, actual)
@@ -160,14 +163,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def load_pretrained(
     model: nn.Module, cfg: PretrainedCfg, cache_dir: str | PathLike | None = None, progress: bool = True
-) -> None:
+) -> Path:
     """Load the weights that ``cfg`` names into ``model`` (see the module docstring for the flow).
 
     The file may be in the official layout of the model family, Hugging Face's, or ours: the
     model's ``checkpoint_filter`` converts it. ``cfg.file`` (a local path) wins over ``cfg.url``.
 
+    Returns:
+        The local file the weights were read from.
+
     Raises:
         ValueError: ``cfg`` names no weights, or the file fails its SHA-256 check or does not fit.
+        RuntimeError: the weights are not cached and cannot be downloaded.
     """
     name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
     if cfg.file:
@@ -179,8 +186,4 @@ def load_pretrained(
         raise ValueError(f"no pretrained weights are published for {name}; pass checkpoint=PATH instead")
     logger.info("loading pretrained weights %s from %s", name, path)
     load_checkpoint(model, path)
-
-
-def cfg_as_dict(cfg: PretrainedCfg, **updates: Any) -> dict[str, Any]:
-    """The ``model.pretrained_cfg`` dict timm's data tools read, with ``updates`` applied."""
-    return dataclasses.replace(cfg, **updates).to_dict()
+    return path
