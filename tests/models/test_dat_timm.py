@@ -113,3 +113,12 @@ def test_no_weight_decay_names_the_position_tables():
     names = model.no_weight_decay()
     expected = {n for n, _ in model.named_parameters() if "rpe_table" in n or "relative_position_bias_table" in n}
     assert names == expected and any("rpe_table" in n for n in names) and any("position_bias" in n for n in names)
+
+
+def test_classifier_accessors_follow_timm():
+    model = timm.create_model("dat_tiny", **NARROW)
+    model.reset_classifier(3, "avg")
+    assert model.get_classifier() is model.head and model.head.out_features == 3 and model.num_classes == 3
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(ValueError, match="global_pool must be None or 'avg', got 'max'"):
+        model.reset_classifier(3, "max")

@@ -340,8 +340,18 @@ class DAT(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head by a new one for ``num_classes`` classes (0: no head)."""
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The linear head (timm's accessor)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a new one for ``num_classes`` classes (0: no head).
+
+        ``global_pool`` is timm's argument; DAT pools by averaging only (``None`` or ``"avg"``).
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"DAT pools by averaging: global_pool must be None or 'avg', got {global_pool!r}")
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
