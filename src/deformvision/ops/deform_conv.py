@@ -19,7 +19,8 @@ Coordinate conventions
   ``y >= H``, ``x <= -1`` or ``x >= W`` therefore reads 0, and a location within one pixel of the
   border blends the inside pixels with zeros. torchvision tests that outer rule explicitly; per-corner
   zero padding gives the same values, and at integer locations the offset gradient is the one-sided
-  derivative from the right, as in torchvision's backward kernel.
+  derivative from the right, as in torchvision's backward kernel (also at ``y = -1`` or ``x = -1``,
+  where the value is 0 but moving right enters the image).
 
 Precision
 ---------
@@ -206,7 +207,8 @@ def _samples(
 
     # torchvision's rule: a sample at y <= -1, y >= H, x <= -1 or x >= W reads zero; otherwise each
     # corner outside the image reads zero, which the one-pixel zero border of the padded input provides.
-    valid = (y > -1) & (y < height) & (x > -1) & (x < width)
+    # y = -1 (x = -1) is kept: the border gives it the value 0 and the derivative from the right.
+    valid = (y >= -1) & (y < height) & (x >= -1) & (x < width)
     y0 = torch.floor(y)
     x0 = torch.floor(x)
     frac_y = y - y0
@@ -513,6 +515,12 @@ def _backward_autograd(ctx, grad_out):
 torch.library.register_autograd("deformvision::deform_conv2d", _backward_autograd, setup_context=_setup_context)
 
 
+def _fx_symbolic_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is running (``is_fx_tracing`` on older PyTorch, which warns)."""
+    trace = torch.fx._symbolic_trace
+    return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()
+
+
 @torch.fx.wrap
 def deform_conv2d(
     input: Tensor,
@@ -557,6 +565,13 @@ def deform_conv2d(
     stride_h, stride_w = _pair(stride, "stride")
     pad_h, pad_w = _pair(padding, "padding")
     dilation_h, dilation_w = _pair(dilation, "dilation")
+    if not torch.jit.is_scripting():
+        if _fx_symbolic_tracing():
+            # Traced from a module where this function is not wrapped (FX patches the wrapped name only
+            # in the modules that register it): the shapes are proxies, so skip the checks and record the op.
+            return torch.ops.deformvision.deform_conv2d(
+                input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+            )
     _check_arguments(input, offset, weight, bias, mask, (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w))
     return torch.ops.deformvision.deform_conv2d(
         input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
