@@ -293,3 +293,46 @@ def test_matches_torchvision(device, use_mask):
         results.append([out, *grads])
     for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_registered_op_passes_opcheck(use_mask):
+    """Schema, fake (meta) kernel, autograd registration and AOT dispatch of torch.ops.deformvision.deform_conv2d."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 4, 5, 6, dtype=F64, generator=generator)
+    offset = torch.randn(1, 2 * 2 * 6, 4, 5, dtype=F64, generator=generator)  # 3x2 kernel, offset_groups = 2
+    w = torch.randn(4, 2, 3, 2, dtype=F64, generator=generator)  # groups = 2
+    b = torch.randn(4, dtype=F64, generator=generator)
+    mask = torch.rand(1, 2 * 6, 4, 5, dtype=F64, generator=generator) if use_mask else None
+    tensors = [t.requires_grad_() if t is not None else None for t in (x, offset, w, b, mask)]
+    torch.library.opcheck(torch.ops.deformvision.deform_conv2d.default, (*tensors, 1, 1, 1, 1, 1, 1))
+
+
+def test_gradients_of_a_subset():
+    """Only the requested gradients are computed, and they equal those of the full backward pass."""
+    generator = torch.Generator().manual_seed(7)
+    tensors = [
+        torch.randn(2, 4, 6, 6, dtype=F64, generator=generator),
+        torch.randn(2, 2 * 2 * 9, 6, 6, dtype=F64, generator=generator),
+        torch.randn(6, 2, 3, 3, dtype=F64, generator=generator),
+        torch.randn(6, dtype=F64, generator=generator),
+        torch.rand(2, 2 * 9, 6, 6, dtype=F64, generator=generator),
+    ]
+
+    def grads(requires):
+        leaves = [t.clone().requires_grad_(r) for t, r in zip(tensors, requires, strict=True)]
+        x, offset, w, b, mask = leaves
+        deform_conv2d(x, offset, w, b, padding=1, mask=mask).square().sum().backward()
+        return [t.grad for t in leaves]
+
+    full = grads([True] * 5)
+    for requires in (
+        [True, False, False, False, False],
+        [False, True, False, False, True],
+        [False, False, True, True, False],
+    ):
+        for got, expected, r in zip(grads(requires), full, requires, strict=True):
+            if r:
+                torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            else:
+                assert got is None
