@@ -336,3 +336,23 @@ def test_gradients_of_a_subset():
                 torch.testing.assert_close(got, expected, rtol=0, atol=0)
             else:
                 assert got is None
+
+
+def test_non_contiguous_arguments():
+    """channels_last input/offset/mask and a transposed weight give the results of contiguous ones."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 4, 6, 5, dtype=F64, generator=generator)
+    offset = torch.randn(2, 2 * 2 * 9, 6, 5, dtype=F64, generator=generator)
+    w = torch.randn(2, 6, 3, 3, dtype=F64, generator=generator).transpose(0, 1)  # (6, 2, 3, 3), groups = 2
+    b = torch.randn(6, dtype=F64, generator=generator)
+    mask = torch.rand(2, 2 * 9, 6, 5, dtype=F64, generator=generator)
+    grad_out = torch.randn(2, 6, 6, 5, dtype=F64, generator=generator)
+    results = []
+    for layout in (torch.channels_last, torch.contiguous_format):
+        leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in (x, offset, mask)]
+        weight = (w if layout == torch.channels_last else w.contiguous()).detach().requires_grad_()
+        out = deform_conv2d(leaves[0], leaves[1], weight, b, padding=1, mask=leaves[2])
+        out.backward(grad_out)
+        results.append([out, weight.grad, *[t.grad for t in leaves]])
+    for strided, contiguous in zip(*results, strict=True):
+        torch.testing.assert_close(strided, contiguous, rtol=1e-12, atol=1e-12)

@@ -200,7 +200,7 @@ def _samples(
     base_x = out_cols.view(1, out_w, 1, 1, 1) + tap_cols.view(1, 1, 1, k_w, 1)  # (1, W_out, 1, kW, 1)
 
     # (N, og, kH, kW, 2, H_out, W_out) -> (N, H_out, W_out, kH, kW, og, 2): sample order, then (dy, dx).
-    offset = offset.view(batch, offset_groups, k_h, k_w, 2, out_h, out_w).permute(0, 5, 6, 2, 3, 1, 4)
+    offset = offset.reshape(batch, offset_groups, k_h, k_w, 2, out_h, out_w).permute(0, 5, 6, 2, 3, 1, 4)
     offset = offset.to(dtype)
     y = (base_y + offset[..., 0]).reshape(-1)  # (S,)
     x = (base_x + offset[..., 1]).reshape(-1)  # (S,)
@@ -217,7 +217,7 @@ def _samples(
         scale = valid.to(dtype)
     else:
         # (N, og * kH * kW, H_out, W_out) -> (N, H_out, W_out, kH*kW, og) -> (S,)
-        scale = mask.view(batch, offset_groups, taps, out_h, out_w).permute(0, 3, 4, 2, 1).reshape(-1)
+        scale = mask.reshape(batch, offset_groups, taps, out_h, out_w).permute(0, 3, 4, 2, 1).reshape(-1)
         scale = torch.where(valid, scale.to(dtype), torch.zeros_like(frac_y))
     frac_y = torch.where(valid, frac_y, torch.zeros_like(frac_y))  # finite even for far or NaN offsets
     frac_x = torch.where(valid, frac_x, torch.zeros_like(frac_x))
@@ -246,14 +246,14 @@ def _padded_rows(input: Tensor, offset_groups: int, dtype: torch.dtype) -> Tenso
     og_channels = in_channels // offset_groups
     padded = input.new_zeros((batch, offset_groups, height + 2, width + 2, og_channels), dtype=dtype)
     # (N, C_in, H, W) -> (N, og, H, W, C_in/og)
-    padded[:, :, 1:-1, 1:-1] = input.view(batch, offset_groups, og_channels, height, width).permute(0, 1, 3, 4, 2)
+    padded[:, :, 1:-1, 1:-1] = input.reshape(batch, offset_groups, og_channels, height, width).permute(0, 1, 3, 4, 2)
     return padded.view(-1, og_channels)
 
 
 def _weight_matrix(weight: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
     """``(C_out, C_in/groups, kH, kW)`` -> ``(groups, C_out/groups, kH*kW*C_in/groups)``, (tap, channel) columns."""
     out_channels, group_channels, k_h, k_w = weight.shape
-    matrix = weight.to(dtype).view(groups, out_channels // groups, group_channels, k_h * k_w)
+    matrix = weight.to(dtype).reshape(groups, out_channels // groups, group_channels, k_h * k_w)
     return matrix.transpose(2, 3).reshape(groups, out_channels // groups, k_h * k_w * group_channels)
 
 
