@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
@@ -110,3 +111,33 @@ def test_repr():
         "DeformConv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)"
     )
     assert "offset_groups=2, modulated=True" in repr(DeformableConv2d(4, 6, 3, offset_groups=2))
+
+
+def test_deform_conv2d_is_torchvision_compatible():
+    """Same init for the same seed, same state-dict keys, each other's state dicts load strictly, same results."""
+    torch.manual_seed(0)
+    theirs = torchvision.ops.DeformConv2d(4, 6, **CONV_KWARGS)
+    torch.manual_seed(0)
+    ours = DeformConv2d(4, 6, **CONV_KWARGS)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight", "bias"]
+    for key, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
+    assert list(DeformConv2d(4, 6, 3, bias=False).state_dict()) == ["weight"]
+
+    theirs.double()
+    ours = DeformConv2d(4, 6, **CONV_KWARGS).double()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
+    offset = torch.randn(2, 2 * 2 * 6, 4, 9, dtype=torch.float64)
+    mask = torch.rand(2, 2 * 6, 4, 9, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, offset), theirs(x, offset), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours(x, offset, mask=mask), theirs(x, offset, mask=mask), rtol=1e-10, atol=1e-10)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_deformable_conv2d_scripts():
+    torch.manual_seed(0)
+    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2)
+    nn.init.normal_(layer.conv_offset.weight, std=0.1)
+    x = torch.randn(1, 4, 7, 6)
+    torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))

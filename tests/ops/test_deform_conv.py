@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from deformvision.ops.deform_conv import deform_conv2d
 
@@ -272,7 +273,6 @@ DEVICES = ["cpu", pytest.param("cuda", marks=NO_GPU)]
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("use_mask", [False, True])
 def test_matches_torchvision(device, use_mask):
-    torchvision = pytest.importorskip("torchvision")
     generator = torch.Generator().manual_seed(5)
     stride, padding, dilation = (2, 1), (1, 2), (1, 2)
     out_h, out_w = _out_size(9, 3, 2, 1, 1), _out_size(10, 2, 1, 2, 2)
@@ -292,4 +292,67 @@ def test_matches_torchvision(device, use_mask):
         grads = [t.grad for t in (x, offset, w, b)] + ([mask.grad] if use_mask else [])
         results.append([out, *grads])
     for ours, theirs in zip(*results, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_registered_op_passes_opcheck(use_mask):
+    """Schema, fake (meta) kernel, autograd registration and AOT dispatch of torch.ops.deformvision.deform_conv2d."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 4, 5, 6, dtype=F64, generator=generator)
+    offset = torch.randn(1, 2 * 2 * 6, 4, 5, dtype=F64, generator=generator)  # 3x2 kernel, offset_groups = 2
+    w = torch.randn(4, 2, 3, 2, dtype=F64, generator=generator)  # groups = 2
+    b = torch.randn(4, dtype=F64, generator=generator)
+    mask = torch.rand(1, 2 * 6, 4, 5, dtype=F64, generator=generator) if use_mask else None
+    tensors = [t.requires_grad_() if t is not None else None for t in (x, offset, w, b, mask)]
+    torch.library.opcheck(torch.ops.deformvision.deform_conv2d.default, (*tensors, 1, 1, 1, 1, 1, 1))
+
+
+def test_gradients_of_a_subset():
+    """Only the requested gradients are computed, and they equal those of the full backward pass."""
+    generator = torch.Generator().manual_seed(7)
+    tensors = [
+        torch.randn(2, 4, 6, 6, dtype=F64, generator=generator),
+        torch.randn(2, 2 * 2 * 9, 6, 6, dtype=F64, generator=generator),
+        torch.randn(6, 2, 3, 3, dtype=F64, generator=generator),
+        torch.randn(6, dtype=F64, generator=generator),
+        torch.rand(2, 2 * 9, 6, 6, dtype=F64, generator=generator),
+    ]
+
+    def grads(requires):
+        leaves = [t.clone().requires_grad_(r) for t, r in zip(tensors, requires, strict=True)]
+        x, offset, w, b, mask = leaves
+        deform_conv2d(x, offset, w, b, padding=1, mask=mask).square().sum().backward()
+        return [t.grad for t in leaves]
+
+    full = grads([True] * 5)
+    for requires in (
+        [True, False, False, False, False],
+        [False, True, False, False, True],
+        [False, False, True, True, False],
+    ):
+        for got, expected, r in zip(grads(requires), full, requires, strict=True):
+            if r:
+                torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            else:
+                assert got is None
+
+
+def test_non_contiguous_arguments():
+    """channels_last input/offset/mask and a transposed weight give the results of contiguous ones."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 4, 6, 5, dtype=F64, generator=generator)
+    offset = torch.randn(2, 2 * 2 * 9, 6, 5, dtype=F64, generator=generator)
+    w = torch.randn(2, 6, 3, 3, dtype=F64, generator=generator).transpose(0, 1)  # (6, 2, 3, 3), groups = 2
+    b = torch.randn(6, dtype=F64, generator=generator)
+    mask = torch.rand(2, 2 * 9, 6, 5, dtype=F64, generator=generator)
+    grad_out = torch.randn(2, 6, 6, 5, dtype=F64, generator=generator)
+    results = []
+    for layout in (torch.channels_last, torch.contiguous_format):
+        leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in (x, offset, mask)]
+        weight = (w if layout == torch.channels_last else w.contiguous()).detach().requires_grad_()
+        out = deform_conv2d(leaves[0], leaves[1], weight, b, padding=1, mask=leaves[2])
+        out.backward(grad_out)
+        results.append([out, weight.grad, *[t.grad for t in leaves]])
+    for strided, contiguous in zip(*results, strict=True):
+        torch.testing.assert_close(strided, contiguous, rtol=1e-12, atol=1e-12)

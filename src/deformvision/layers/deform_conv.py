@@ -1,4 +1,14 @@
-"""Deformable convolution layers (DCN v1 / v2) built on :func:`deformvision.ops.deform_conv.deform_conv2d`."""
+"""Deformable convolution layers (DCN v1 / v2) built on :func:`deformvision.ops.deform_conv.deform_conv2d`.
+
+Two layers, not to be confused:
+
+- :class:`DeformConv2d`: the drop-in peer of ``torchvision.ops.DeformConv2d``. It holds only the
+  convolution ``weight`` and ``bias``; the caller supplies the offsets (and the optional DCN v2 mask):
+  ``layer(input, offset, mask=None)``.
+- :class:`DeformableConv2d`: a self-contained DCN v2 block (mmcv's ``ModulatedDeformConv2dPack``): a
+  zero-initialised ``conv_offset`` predicts the offsets and mask from the input, so it replaces an
+  ``nn.Conv2d``: ``layer(input)``.
+"""
 
 import math
 
@@ -6,6 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from deformvision.ops.deform_conv import _pair, deform_conv2d
+
+# A leaf for torch.fx here too: FX patches wrapped functions in the globals of the module that calls them.
+torch.fx.wrap("deform_conv2d")
 
 
 class _DeformConvBase(nn.Module):
@@ -67,6 +80,12 @@ class _DeformConvBase(nn.Module):
 class DeformConv2d(_DeformConvBase):
     r"""Deformable 2-D convolution with externally supplied offsets (and optional DCN v2 mask).
 
+    The drop-in peer of ``torchvision.ops.DeformConv2d``: same constructor arguments in the same
+    order, same ``forward(input, offset, mask=None)``, same parameters and state-dict keys
+    (``weight``, ``bias``), same results. For a layer that predicts its own offsets, see
+    :class:`DeformableConv2d`. Scriptable with ``torch.jit.script``; ``deform_conv2d`` is a leaf for
+    ``torch.fx`` tracing.
+
     Holds the convolution weight and bias; ``forward`` applies
     :func:`deformvision.ops.deform_conv.deform_conv2d`, whose offsets are ``(dy, dx)`` pairs in
     input pixels. Parameters are initialised like :class:`torch.nn.Conv2d`.
@@ -114,7 +133,12 @@ class DeformConv2d(_DeformConvBase):
 
 
 class DeformableConv2d(_DeformConvBase):
-    r"""Drop-in replacement for :class:`torch.nn.Conv2d` that predicts its own offsets (and mask).
+    r"""Self-contained DCN v2 block: a drop-in replacement for :class:`torch.nn.Conv2d` that predicts
+    its own offsets (and mask) from its input.
+
+    Unlike :class:`DeformConv2d` (torchvision's layer, which takes the offsets as an argument),
+    ``forward`` takes only the input. Not a torchvision layer; it follows mmcv's
+    ``ModulatedDeformConv2dPack`` (``modulated=True``) and ``DeformConv2dPack`` (``modulated=False``).
 
     A regular convolution ``conv_offset`` (same kernel size, stride, padding and dilation, no
     grouping) reads the input and predicts, for every output pixel, the ``(dy, dx)`` offsets of

@@ -19,38 +19,61 @@ Coordinate conventions
   ``y >= H``, ``x <= -1`` or ``x >= W`` therefore reads 0, and a location within one pixel of the
   border blends the inside pixels with zeros. torchvision tests that outer rule explicitly; per-corner
   zero padding gives the same values, and at integer locations the offset gradient is the one-sided
-  derivative from the right, as in torchvision's backward kernel.
+  derivative from the right, as in torchvision's backward kernel (also at ``y = -1`` or ``x = -1``,
+  where the value is 0 but moving right enters the image).
 
-Memory
-------
-The op is an im2col: it materialises the sampled columns, ``N * C_in * kH * kW * H_out * W_out``
-elements, then multiplies them with the weight. The four bilinear corners are gathered at once,
-so the forward pass holds about 9x that many elements at its peak (four gathered corners, their
-weighted copy, the columns) and keeps about 5x for the backward pass. For example N=8, C_in=256,
-a 3x3 kernel and a 64x64 output give 75.5M column elements: about 0.3 GB in float32, 2.7 GB at
-the peak. Split the batch if that is too much.
+Precision
+---------
+float16 and bfloat16 inputs are computed in float32 (sample locations, bilinear weights, columns and
+the matrix products) and the results cast back: in bfloat16 a location beyond x = 256 (float16:
+2,048) cannot even be represented to the pixel.
+
+Memory and speed
+----------------
+The op is an im2col followed by a matrix product with the weight, done in chunks of output pixels:
+for each chunk, the four bilinear corners of every sample are gathered from a zero-bordered
+channels-last copy of the input, blended into the chunk's columns and multiplied with the weight,
+all while the chunk is in cache. Neither pass materialises the full ``N * C_in * kH * kW * H_out *
+W_out`` columns: the forward pass holds the padded input copy, the per-sample indices and weights
+(``4 * N * og * kH * kW * H_out * W_out`` each) and the output; the backward pass saves only the
+inputs and recomputes each chunk's columns, like torchvision's kernel.
 """
-
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+# Elements of the gathered corners per chunk (4 * pixels * kH * kW * C_in). Small enough for a chunk's
+# corners, columns and their gradients to stay in a CPU's L2 cache, large enough to keep the Python
+# overhead small and the chunk's matrix products efficient (measured at C_in=256, 3x3: 2^19 is best).
+_CHUNK_ELEMENTS = 1 << 19
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """Return ``(value, value)`` for an int, or the two ints of a pair."""
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """Return ``(value, value)`` for an int, or the two ints of a pair (scriptable)."""
     if isinstance(value, int):
         return value, value
-    pair = tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair[0], pair[1]
+    if isinstance(value, tuple):
+        if not torch.jit.is_scripting():  # a script's tuple type already fixes the length and type
+            if len(value) != 2 or not all(isinstance(v, int) for v in value):
+                raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+        return value[0], value[1]
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    if not torch.jit.is_scripting():
+        if not all(isinstance(v, int) for v in value):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value[0], value[1]
+
+
+def _shape(tensor: Tensor) -> str:
+    """``tensor.shape`` as ``(2, 3)`` (scriptable)."""
+    return "(" + ", ".join([str(size) for size in tensor.shape]) + ")"
 
 
 def _check_tensor(name: str, tensor: Tensor, input: Tensor) -> None:
     """Check that ``tensor`` is 4-D and has the dtype and device of ``input``."""
     if tensor.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D tensor, got shape {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must be a 4-D tensor, got shape {_shape(tensor)}")
     if tensor.dtype != input.dtype:
         raise ValueError(f"{name} dtype {tensor.dtype} does not match input dtype {input.dtype}")
     if tensor.device != input.device:
@@ -67,13 +90,13 @@ def _check_arguments(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> tuple[int, int, int, int]:
-    """Validate the arguments of :func:`deform_conv2d`.
+    """Validate the arguments of :func:`deform_conv2d` (scriptable).
 
     Returns:
         ``(groups, offset_groups, out_h, out_w)``.
     """
     if input.dim() != 4:
-        raise ValueError(f"input must be a 4-D tensor (N, C_in, H, W), got shape {tuple(input.shape)}")
+        raise ValueError(f"input must be a 4-D tensor (N, C_in, H, W), got shape {_shape(input)}")
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got {input.dtype}")
     _check_tensor("offset", offset, input)
@@ -83,8 +106,8 @@ def _check_arguments(
     if bias is not None:
         if bias.dtype != input.dtype or bias.device != input.device:
             raise ValueError(f"bias ({bias.dtype}, {bias.device}) does not match input ({input.dtype}, {input.device})")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {_shape(bias)}")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(
             f"stride and dilation must be positive and padding non-negative, "
@@ -94,7 +117,7 @@ def _check_arguments(
     batch, in_channels, height, width = input.shape
     out_channels, group_channels, k_h, k_w = weight.shape
     if group_channels == 0 or k_h == 0 or k_w == 0:
-        raise ValueError(f"weight must have non-zero in-channel and kernel sizes, got {tuple(weight.shape)}")
+        raise ValueError(f"weight must have non-zero in-channel and kernel sizes, got shape {_shape(weight)}")
     if in_channels % group_channels != 0:
         raise ValueError(f"input channels ({in_channels}) must be divisible by weight.shape[1] ({group_channels})")
     groups = in_channels // group_channels
@@ -112,92 +135,393 @@ def _check_arguments(
     out_w = (width + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1
     if out_h < 1 or out_w < 1:
         raise ValueError(f"computed output size ({out_h}, {out_w}) is too small")
-    if offset.shape[0] != batch or offset.shape[2:] != (out_h, out_w):
+    if offset.shape[0] != batch or offset.shape[2] != out_h or offset.shape[3] != out_w:
         raise ValueError(
             f"offset must have shape ({batch}, {offset.shape[1]}, {out_h}, {out_w}) to match the "
-            f"computed output size, got {tuple(offset.shape)}"
+            f"computed output size, got {_shape(offset)}"
         )
-    if mask is not None and mask.shape != (batch, offset_groups * taps, out_h, out_w):
+    if mask is not None and list(mask.shape) != [batch, offset_groups * taps, out_h, out_w]:
         raise ValueError(
             f"mask must have shape ({batch}, offset_groups * kH * kW = {offset_groups * taps}, "
-            f"{out_h}, {out_w}), got {tuple(mask.shape)}"
+            f"{out_h}, {out_w}), got {_shape(mask)}"
         )
     return groups, offset_groups, out_h, out_w
 
 
-def _deformable_columns(
-    input: Tensor,
+# --------------------------------------------------------------------------------------------------------
+# CPU/GPU implementation in PyTorch operations
+# --------------------------------------------------------------------------------------------------------
+#
+# Every (output pixel p, tap k, offset group g) is one "sample": a row of C_in / offset_groups channel
+# values, the bilinear blend of four corner rows of a zero-bordered, channels-last copy of the input.
+# Samples are ordered (n, p, k, g), so the blended rows of one output pixel, read consecutively, are its
+# im2col column in (tap, channel) order, and a chunk of consecutive output pixels is one matrix product
+# with the weight. Processing chunks that fit in cache keeps every large temporary out of main memory;
+# the backward pass recomputes the chunk's columns instead of saving them.
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16 (sample positions beyond 256 or 2,048 pixels need it), else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _samples(
+    input_shape: list[int],
     offset: Tensor,
     mask: Tensor | None,
     kernel_size: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
-    offset_groups: int,
-) -> Tensor:
-    """Sample the deformed im2col columns.
-
-    Args:
-        input: ``(N, C_in, H, W)``.
-        offset: ``(N, 2 * offset_groups * kH * kW, H_out, W_out)``, ``(dy, dx)`` pairs.
-        mask: ``(N, offset_groups * kH * kW, H_out, W_out)`` or ``None``.
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Corner rows and bilinear factors of every sample, computed in ``dtype``.
 
     Returns:
-        ``(N, C_in, kH * kW, H_out * W_out)``: the (masked) bilinear samples of every input
-        channel at every tap of every output pixel.
+        ``(index, weights, frac_y, frac_x, scale, valid)``: ``index`` ``(S, 4)`` rows of the four
+        corners (top-left, top-right, bottom-left, bottom-right) in the padded channels-last input of
+        :func:`_padded_rows`; ``weights`` ``(S, 4)`` their blend weights, zero outside the image and
+        times the mask; ``frac_y``, ``frac_x``, ``scale`` (mask, or one, zeroed outside) and ``valid``
+        ``(S,)``, for the backward pass. ``S = N * H_out * W_out * kH * kW * offset_groups``.
     """
-    batch, in_channels, height, width = input.shape
+    batch, _, height, width = input_shape
     k_h, k_w = kernel_size
-    out_h, out_w = offset.shape[2:]
-    taps, positions = k_h * k_w, out_h * out_w
-    og_channels = in_channels // offset_groups  # channels per offset group
-    options = {"dtype": input.dtype, "device": input.device}
+    out_h, out_w = offset.shape[2], offset.shape[3]
+    taps = k_h * k_w
+    offset_groups = offset.shape[1] // (2 * taps)
+    device = offset.device
 
-    # Undeformed sample locations of tap (i, j) at output pixel (h_out, w_out).
-    tap_rows = torch.arange(k_h, **options) * dilation[0]
-    tap_cols = torch.arange(k_w, **options) * dilation[1]
-    out_rows = torch.arange(out_h, **options) * stride[0] - padding[0]
-    out_cols = torch.arange(out_w, **options) * stride[1] - padding[1]
-    base_y = tap_rows.view(k_h, 1, 1, 1) + out_rows.view(1, 1, out_h, 1)  # (kH, 1, H_out, 1)
-    base_x = tap_cols.view(1, k_w, 1, 1) + out_cols.view(1, 1, 1, out_w)  # (1, kW, 1, W_out)
+    # Undeformed location of tap (i, j) at output pixel (h_out, w_out), as (H_out, W_out, kH, kW, 1).
+    out_rows = torch.arange(out_h, dtype=dtype, device=device) * stride[0] - padding[0]
+    out_cols = torch.arange(out_w, dtype=dtype, device=device) * stride[1] - padding[1]
+    tap_rows = torch.arange(k_h, dtype=dtype, device=device) * dilation[0]
+    tap_cols = torch.arange(k_w, dtype=dtype, device=device) * dilation[1]
+    base_y = out_rows.view(out_h, 1, 1, 1, 1) + tap_rows.view(1, 1, k_h, 1, 1)  # (H_out, 1, kH, 1, 1)
+    base_x = out_cols.view(1, out_w, 1, 1, 1) + tap_cols.view(1, 1, 1, k_w, 1)  # (1, W_out, 1, kW, 1)
 
-    # (N, og, kH, kW, 2, H_out, W_out), dim 4 being (dy, dx).
-    offset = offset.reshape(batch, offset_groups, k_h, k_w, 2, out_h, out_w)
-    y = (base_y + offset[:, :, :, :, 0]).reshape(batch, offset_groups, taps * positions)  # (N, og, K*P)
-    x = (base_x + offset[:, :, :, :, 1]).reshape(batch, offset_groups, taps * positions)  # (N, og, K*P)
+    # (N, og, kH, kW, 2, H_out, W_out) -> (N, H_out, W_out, kH, kW, og, 2): sample order, then (dy, dx).
+    offset = offset.reshape(batch, offset_groups, k_h, k_w, 2, out_h, out_w).permute(0, 5, 6, 2, 3, 1, 4)
+    offset = offset.to(dtype)
+    y = (base_y + offset[..., 0]).reshape(-1)  # (S,)
+    x = (base_x + offset[..., 1]).reshape(-1)  # (S,)
 
-    # Bilinear corners: top-left (y0, x0) and its three neighbours, with their weights. The
-    # fractional parts carry the gradient with respect to the offsets (floor has none).
+    # torchvision's rule: a sample at y <= -1, y >= H, x <= -1 or x >= W reads zero; otherwise each
+    # corner outside the image reads zero, which the one-pixel zero border of the padded input provides.
+    # y = -1 (x = -1) is kept: the border gives it the value 0 and the derivative from the right.
+    valid = (y >= -1) & (y < height) & (x >= -1) & (x < width)
     y0 = torch.floor(y)
     x0 = torch.floor(x)
     frac_y = y - y0
     frac_x = x - x0
-    y0 = y0.long()
-    x0 = x0.long()
-    corner_y = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=2)  # (N, og, 4, K*P)
-    corner_x = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=2)  # (N, og, 4, K*P)
-    corner_weight = torch.stack(
-        [(1 - frac_y) * (1 - frac_x), (1 - frac_y) * frac_x, frac_y * (1 - frac_x), frac_y * frac_x], dim=2
-    )  # (N, og, 4, K*P)
+    if mask is None:
+        scale = valid.to(dtype)
+    else:
+        # (N, og * kH * kW, H_out, W_out) -> (N, H_out, W_out, kH*kW, og) -> (S,)
+        scale = mask.reshape(batch, offset_groups, taps, out_h, out_w).permute(0, 3, 4, 2, 1).reshape(-1)
+        scale = torch.where(valid, scale.to(dtype), torch.zeros_like(frac_y))
+    frac_y = torch.where(valid, frac_y, torch.zeros_like(frac_y))  # finite even for far or NaN offsets
+    frac_x = torch.where(valid, frac_x, torch.zeros_like(frac_x))
+    top, left = 1 - frac_y, 1 - frac_x
+    row_weights = torch.stack([top, frac_y], dim=1) * scale.unsqueeze(1)  # (S, 2): (top, bottom) * scale
+    col_weights = torch.stack([left, frac_x], dim=1)  # (S, 2): (left, right)
+    weights = (row_weights.unsqueeze(2) * col_weights.unsqueeze(1)).view(-1, 4)  # (S, 4)
 
-    # Zero padding per corner: a corner outside the image gets weight 0 and a clamped index.
-    inside = (corner_y >= 0) & (corner_y < height) & (corner_x >= 0) & (corner_x < width)
-    corner_weight = corner_weight.masked_fill(~inside, 0)
-    if mask is not None:
-        corner_weight = corner_weight * mask.reshape(batch, offset_groups, 1, taps * positions)
-    index = corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)  # (N, og, 4, K*P)
-
-    # One gather reads the four corners of every tap for every channel of the offset group.
-    flat_input = input.reshape(batch, offset_groups, og_channels, height * width)  # (N, og, C_in/og, H*W)
-    index = index.reshape(batch, offset_groups, 1, 4 * taps * positions)  # (N, og, 1, 4*K*P)
-    index = index.expand(-1, -1, og_channels, -1)  # (N, og, C_in/og, 4*K*P)
-    corners = torch.gather(flat_input, 3, index)  # (N, og, C_in/og, 4*K*P)
-    corners = corners.view(batch, offset_groups, og_channels, 4, taps * positions)  # (N, og, C_in/og, 4, K*P)
-
-    columns = (corners * corner_weight.unsqueeze(2)).sum(dim=3)  # (N, og, C_in/og, K*P)
-    return columns.reshape(batch, in_channels, taps, positions)  # (N, C_in, K, P)
+    # Padded input: (N, og, H + 2, W + 2, C_in/og) rows; pixel (r, c) of plane (n, g) is row
+    # ((n * og + g) * (H + 2) + r + 1) * (W + 2) + c + 1. Invalid samples get any in-range row.
+    padded_w = width + 2
+    plane = torch.arange(batch, device=device).view(batch, 1, 1, 1) * offset_groups + torch.arange(
+        offset_groups, device=device
+    )  # (N, 1, 1, og)
+    plane = plane.expand(batch, out_h * out_w, taps, offset_groups).reshape(-1)  # (S,)
+    row = y0.clamp(-1, height - 1).long() + 1
+    col = x0.clamp(-1, width - 1).long() + 1
+    top_left = (plane * (height + 2) + row) * padded_w + col  # (S,)
+    index = top_left.unsqueeze(1) + torch.tensor([0, 1, padded_w, padded_w + 1], device=device)  # (S, 4)
+    return index, weights, frac_y, frac_x, scale, valid
 
 
+def _padded_rows(input: Tensor, offset_groups: int, dtype: torch.dtype) -> Tensor:
+    """``input`` ``(N, C_in, H, W)`` as zero-bordered channels-last rows ``(N * og * (H+2) * (W+2), C_in/og)``."""
+    batch, in_channels, height, width = input.shape
+    og_channels = in_channels // offset_groups
+    padded = input.new_zeros((batch, offset_groups, height + 2, width + 2, og_channels), dtype=dtype)
+    # (N, C_in, H, W) -> (N, og, H, W, C_in/og)
+    padded[:, :, 1:-1, 1:-1] = input.reshape(batch, offset_groups, og_channels, height, width).permute(0, 1, 3, 4, 2)
+    return padded.view(-1, og_channels)
+
+
+def _weight_matrix(weight: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """``(C_out, C_in/groups, kH, kW)`` -> ``(groups, C_out/groups, kH*kW*C_in/groups)``, (tap, channel) columns."""
+    out_channels, group_channels, k_h, k_w = weight.shape
+    matrix = weight.to(dtype).reshape(groups, out_channels // groups, group_channels, k_h * k_w)
+    return matrix.transpose(2, 3).reshape(groups, out_channels // groups, k_h * k_w * group_channels)
+
+
+def _chunk_pixels(input: Tensor, weight: Tensor) -> int:
+    """Output pixels per chunk."""
+    taps = weight.shape[2] * weight.shape[3]
+    return max(1, _CHUNK_ELEMENTS // (4 * taps * input.shape[1]))
+
+
+def _columns(padded: Tensor, index: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Blend the corners of a chunk of samples: ``(corners (s, 4, C), columns (s, C))``."""
+    corners = padded.index_select(0, index.view(-1)).view(index.shape[0], 4, padded.shape[1])  # (s, 4, C)
+    columns = torch.bmm(weights.unsqueeze(1), corners).squeeze(1)  # (s, C): sum of weight * corner
+    return corners, columns
+
+
+def _forward(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    batch, in_channels, _, _ = input.shape
+    out_channels, group_channels, k_h, k_w = weight.shape
+    groups = in_channels // group_channels
+    taps = k_h * k_w
+    offset_groups = offset.shape[1] // (2 * taps)
+    out_h, out_w = offset.shape[2], offset.shape[3]
+    dtype = _compute_dtype(input.dtype)
+    pixels = batch * out_h * out_w
+
+    index, weights, _, _, _, _ = _samples(list(input.shape), offset, mask, (k_h, k_w), stride, padding, dilation, dtype)
+    padded = _padded_rows(input, offset_groups, dtype)  # (rows, C_in/og)
+    matrix = _weight_matrix(weight, groups, dtype)  # (groups, C_out/groups, K * C_in/groups)
+    out = input.new_empty((pixels, out_channels), dtype=dtype)  # (N * H_out * W_out, C_out)
+    step = _chunk_pixels(input, weight)
+    per_pixel = taps * offset_groups  # samples per output pixel
+    for start in range(0, pixels, step):
+        stop = min(start + step, pixels)
+        rows = slice(start * per_pixel, stop * per_pixel)
+        _, columns = _columns(padded, index[rows], weights[rows])  # (s, C_in/og), s = pixels * K * og
+        if groups == 1:
+            # (pixels, K * C_in) @ (K * C_in, C_out)
+            torch.mm(columns.view(stop - start, -1), matrix[0].t(), out=out[start:stop])
+        else:
+            # (pixels, K, groups, C_in/groups) -> (groups, pixels, K * C_in/groups)
+            grouped = columns.view(stop - start, taps, groups, group_channels).permute(2, 0, 1, 3)
+            grouped = grouped.reshape(groups, stop - start, taps * group_channels)
+            result = torch.bmm(grouped, matrix.transpose(1, 2))  # (groups, pixels, C_out/groups)
+            out[start:stop] = result.transpose(0, 1).reshape(stop - start, out_channels)
+    if bias is not None:
+        out += bias.to(dtype)
+    # (N * H_out * W_out, C_out) -> (N, C_out, H_out, W_out)
+    out = out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    return out.to(input.dtype, memory_format=torch.contiguous_format)
+
+
+def _backward(
+    grad_out: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    need_input: bool,
+    need_offset: bool,
+    need_weight: bool,
+    need_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients with respect to input, offset, weight and mask (empty where not needed)."""
+    batch, in_channels, height, width = input.shape
+    out_channels, group_channels, k_h, k_w = weight.shape
+    groups = in_channels // group_channels
+    taps = k_h * k_w
+    offset_groups = offset.shape[1] // (2 * taps)
+    og_channels = in_channels // offset_groups
+    out_h, out_w = offset.shape[2], offset.shape[3]
+    dtype = _compute_dtype(input.dtype)
+    pixels = batch * out_h * out_w
+    need_samples = need_offset or need_mask  # gradient of the blend weights
+
+    index, weights, frac_y, frac_x, scale, valid = _samples(
+        list(input.shape), offset, mask, (k_h, k_w), stride, padding, dilation, dtype
+    )
+    padded = _padded_rows(input, offset_groups, dtype)  # (rows, C_in/og)
+    matrix = _weight_matrix(weight, groups, dtype)  # (groups, C_out/groups, K * C_in/groups)
+    # (N, C_out, H_out, W_out) -> (N * H_out * W_out, C_out)
+    grad_rows = grad_out.permute(0, 2, 3, 1).to(dtype).reshape(pixels, out_channels)
+    grad_padded = torch.zeros_like(padded) if need_input else padded.new_empty(0)
+    grad_matrix = torch.zeros_like(matrix) if need_weight else matrix.new_empty(0)
+    grad_weights = weights.new_empty(weights.shape) if need_samples else weights.new_empty(0)  # (S, 4)
+
+    step = _chunk_pixels(input, weight)
+    per_pixel = taps * offset_groups
+    for start in range(0, pixels, step):
+        stop = min(start + step, pixels)
+        count = stop - start
+        rows = slice(start * per_pixel, stop * per_pixel)
+        grad_chunk = grad_rows[start:stop]  # (pixels, C_out)
+        if need_weight or need_samples:
+            corners, columns = _columns(padded, index[rows], weights[rows])  # (s, 4, C_in/og), (s, C_in/og)
+        else:
+            corners, columns = padded.new_empty(0), padded.new_empty(0)
+        if groups == 1:
+            if need_weight:
+                # (C_out, pixels) @ (pixels, K * C_in)
+                grad_matrix[0].addmm_(grad_chunk.t(), columns.view(count, -1))
+            grad_columns = torch.mm(grad_chunk, matrix[0])  # (pixels, K * C_in)
+        else:
+            grad_grouped = grad_chunk.view(count, groups, -1).transpose(0, 1)  # (groups, pixels, C_out/groups)
+            if need_weight:
+                # (pixels, K, groups, C_in/groups) -> (groups, pixels, K * C_in/groups)
+                grouped = columns.view(count, taps, groups, group_channels).permute(2, 0, 1, 3)
+                grouped = grouped.reshape(groups, count, taps * group_channels)
+                grad_matrix.baddbmm_(grad_grouped.transpose(1, 2), grouped)
+            grad_columns = torch.bmm(grad_grouped, matrix)  # (groups, pixels, K * C_in/groups)
+            # -> (pixels, K, groups, C_in/groups), the sample-row order
+            grad_columns = grad_columns.view(groups, count, taps, group_channels).permute(1, 2, 0, 3)
+        grad_columns = grad_columns.reshape(-1, og_channels)  # (s, C_in/og)
+        if need_samples:
+            # d loss / d weight of each corner: (s, 4, C) @ (s, C, 1)
+            torch.bmm(corners, grad_columns.unsqueeze(2), out=grad_weights[rows].unsqueeze(2))
+        if need_input:
+            # Each corner row receives weight * column gradient: (s, 4, 1) * (s, 1, C) -> (s * 4, C)
+            spread = weights[rows].unsqueeze(2) * grad_columns.unsqueeze(1)
+            grad_padded.index_add_(0, index[rows].view(-1), spread.view(-1, og_channels))
+
+    grad_input = input.new_empty(0)
+    if need_input:
+        # (N * og * (H+2) * (W+2), C_in/og) -> interior (N, og, H, W, C_in/og) -> (N, C_in, H, W)
+        grad_padded = grad_padded.view(batch, offset_groups, height + 2, width + 2, og_channels)
+        grad_padded = grad_padded[:, :, 1:-1, 1:-1].permute(0, 1, 4, 2, 3)
+        grad_input = grad_padded.reshape(batch, in_channels, height, width).to(input.dtype)
+    grad_weight = weight.new_empty(0)
+    if need_weight:
+        # (groups, C_out/groups, K * C_in/groups) -> (C_out, C_in/groups, kH, kW)
+        grad_weight = grad_matrix.view(out_channels, taps, group_channels).transpose(1, 2)
+        grad_weight = grad_weight.reshape(out_channels, group_channels, k_h, k_w).to(weight.dtype)
+    grad_offset = offset.new_empty(0)
+    grad_mask = offset.new_empty(0)
+    if need_samples:
+        # weights = (top, bottom) x (left, right) * scale, with top = 1 - frac_y and left = 1 - frac_x.
+        g_tl, g_tr, g_bl, g_br = grad_weights.unbind(1)  # (S,) each
+        top, left = 1 - frac_y, 1 - frac_x
+        if need_offset:
+            grad_y = ((g_bl - g_tl) * left + (g_br - g_tr) * frac_x) * scale  # (S,)
+            grad_x = ((g_tr - g_tl) * top + (g_br - g_bl) * frac_y) * scale  # (S,)
+            # (N, H_out, W_out, kH, kW, og, 2) -> (N, og, kH, kW, 2, H_out, W_out)
+            grad_offset = torch.stack([grad_y, grad_x], dim=1).view(batch, out_h, out_w, k_h, k_w, offset_groups, 2)
+            grad_offset = grad_offset.permute(0, 5, 3, 4, 6, 1, 2).reshape(offset.shape).to(offset.dtype)
+        if need_mask and mask is not None:
+            blend = (g_tl * left + g_tr * frac_x) * top + (g_bl * left + g_br * frac_x) * frac_y  # (S,)
+            blend = torch.where(valid, blend, torch.zeros_like(blend))
+            # (N, H_out, W_out, kH*kW, og) -> (N, og * kH * kW, H_out, W_out)
+            grad_mask = blend.view(batch, out_h, out_w, taps, offset_groups).permute(0, 4, 3, 1, 2)
+            grad_mask = grad_mask.reshape(mask.shape).to(mask.dtype)
+    return grad_input, grad_offset, grad_weight, grad_mask
+
+
+# --------------------------------------------------------------------------------------------------------
+# torch.library registration
+# --------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("deformvision::deform_conv2d", mutates_args=())
+def _deform_conv2d_op(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor | None,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+) -> Tensor:
+    """``torch.ops.deformvision.deform_conv2d``: :func:`deform_conv2d` without validation."""
+    return _forward(input, offset, weight, bias, mask, (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w))
+
+
+@_deform_conv2d_op.register_fake
+def _(input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
+    return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
+
+
+@torch.library.custom_op("deformvision::deform_conv2d_backward", mutates_args=())
+def _deform_conv2d_backward_op(
+    grad_out: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    need_input: bool,
+    need_offset: bool,
+    need_weight: bool,
+    need_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(grad_input, grad_offset, grad_weight, grad_mask)``; an empty tensor for each one not needed."""
+    return _backward(
+        grad_out,
+        input,
+        offset,
+        weight,
+        mask,
+        (stride_h, stride_w),
+        (pad_h, pad_w),
+        (dilation_h, dilation_w),
+        need_input,
+        need_offset,
+        need_weight,
+        need_mask,
+    )
+
+
+@_deform_conv2d_backward_op.register_fake
+def _(grad_out, input, offset, weight, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, *needs):
+    need_input, need_offset, need_weight, need_mask = needs
+    shapes = (input, offset, weight, mask if mask is not None else offset)
+    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip(shapes, needs, strict=True))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, offset, weight, bias, mask, *arguments = inputs
+    ctx.save_for_backward(input, offset, weight, mask)
+    ctx.arguments = arguments
+    ctx.has_bias = bias is not None
+
+
+def _backward_autograd(ctx, grad_out):
+    input, offset, weight, mask = ctx.saved_tensors
+    need_input, need_offset, need_weight, need_bias, need_mask = ctx.needs_input_grad[:5]
+    grad_input, grad_offset, grad_weight, grad_mask = torch.ops.deformvision.deform_conv2d_backward(
+        grad_out, input, offset, weight, mask, *ctx.arguments, need_input, need_offset, need_weight, need_mask
+    )
+    grad_bias = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
+    return (
+        grad_input if need_input else None,
+        grad_offset if need_offset else None,
+        grad_weight if need_weight else None,
+        grad_bias,
+        grad_mask if need_mask else None,
+    ) + (None,) * 6
+
+
+torch.library.register_autograd("deformvision::deform_conv2d", _backward_autograd, setup_context=_setup_context)
+
+
+def _fx_symbolic_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is running (``is_fx_tracing`` on older PyTorch, which warns)."""
+    trace = torch.fx._symbolic_trace
+    return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()
+
+
+@torch.fx.wrap
 def deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -238,21 +562,17 @@ def deform_conv2d(
     Raises:
         ValueError: on wrong ranks, shapes, group divisibility, dtypes or devices.
     """
-    stride = _pair(stride, "stride")
-    padding = _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
-    groups, offset_groups, out_h, out_w = _check_arguments(input, offset, weight, bias, mask, stride, padding, dilation)
-    batch = input.shape[0]
-    out_channels, group_channels, k_h, k_w = weight.shape
-
-    columns = _deformable_columns(
-        input, offset, mask, (k_h, k_w), stride, padding, dilation, offset_groups
-    )  # (N, C_in, kH*kW, H_out*W_out)
-    columns = columns.reshape(batch, groups, group_channels * k_h * k_w, out_h * out_w)
-    # (groups, C_out/groups, C_in/groups*kH*kW): rows match the (channel, tap) order of the columns.
-    weight_matrix = weight.reshape(groups, out_channels // groups, group_channels * k_h * k_w)
-    out = torch.matmul(weight_matrix, columns)  # (N, groups, C_out/groups, H_out*W_out)
-    out = out.reshape(batch, out_channels, out_h, out_w)
-    if bias is not None:
-        out = out + bias.view(1, out_channels, 1, 1)
-    return out
+    stride_h, stride_w = _pair(stride, "stride")
+    pad_h, pad_w = _pair(padding, "padding")
+    dilation_h, dilation_w = _pair(dilation, "dilation")
+    if not torch.jit.is_scripting():
+        if _fx_symbolic_tracing():
+            # Traced from a module where this function is not wrapped (FX patches the wrapped name only
+            # in the modules that register it): the shapes are proxies, so skip the checks and record the op.
+            return torch.ops.deformvision.deform_conv2d(
+                input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+            )
+    _check_arguments(input, offset, weight, bias, mask, (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w))
+    return torch.ops.deformvision.deform_conv2d(
+        input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    )
