@@ -1,17 +1,19 @@
-"""Classification transforms: shapes, ranges, semantics and determinism under a seed."""
-
-import math
-from pathlib import Path
+"""The DAT/Swin classification recipe built with timm: its parameters, outputs and seeding."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms
 
-from deformvision.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder, build_classification_transforms
-from deformvision.data import transforms_cls as T
-from deformvision.data.transforms_cls import _RAND_AUGMENT_OPS
+from deformvision.data import IMAGENET_MEAN, IMAGENET_STD, build_classification_transforms
+from deformvision.data._random import seeded
+from deformvision.data.transforms_cls import rand_augment_config
+
+_MEAN, _STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
 
 def _image(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:
@@ -19,118 +21,84 @@ def _image(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def _g(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _normalised(img: Image.Image) -> torch.Tensor:
+    """An independent ToTensor + Normalize: ``(pixels / 255 - mean) / std`` as ``(3, H, W)``."""
+    return torch.from_numpy(((np.asarray(img) / 255 - _MEAN) / _STD).transpose(2, 0, 1)).float()
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, Image.Image):
-        return a.size == b.size and a.tobytes() == b.tobytes()
-    return torch.equal(a, b)
+def test_train_recipe_is_dats() -> None:
+    steps = build_classification_transforms(True, 224).transforms
+    assert [type(t) for t in steps[:3]] == [RandomResizedCropAndInterpolation, transforms.RandomHorizontalFlip,
+                                            RandAugment]  # fmt: skip
+    crop, flip, rand_augment = steps[:3]
+    assert crop.size == (224, 224) and crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert crop.interpolation == transforms.InterpolationMode.BICUBIC and flip.p == 0.5
+    # rand-m9-mstd0.5-inc1: 2 of the 15 "increasing" ops, each with probability 0.5, magnitude 9 +- 0.5
+    assert rand_augment.num_layers == 2 and len(rand_augment.ops) == 15
+    assert {"PosterizeIncreasing", "SolarizeIncreasing", "TranslateXRel"} <= {op.name for op in rand_augment.ops}
+    assert all(op.prob == 0.5 and op.magnitude == 9 and op.magnitude_std == 0.5 for op in rand_augment.ops)
+    assert all(op.hparams["img_mean"] == (124, 116, 104) for op in rand_augment.ops)  # fill: the ImageNet mean
+    normalize, erasing = steps[-2:]
+    assert isinstance(normalize, transforms.Normalize) and torch.allclose(normalize.mean, torch.tensor(IMAGENET_MEAN))
+    assert isinstance(erasing, RandomErasing) and erasing.probability == 0.25 and erasing.mode == "pixel"
+    assert erasing.min_count == erasing.max_count == 1
+    assert not any(isinstance(t, transforms.ColorJitter) for t in steps)  # switched off by RandAugment, as in DAT
 
 
-RANDOM_TRANSFORMS = [
-    (T.RandomResizedCrop(16), _image()),
-    (T.RandomHorizontalFlip(), _image()),
-    (T.RandAugment(num_ops=4, prob=1.0), _image()),
-    (T.RandomErasing(p=1.0), T.ToTensor()(_image())),
-    (build_classification_transforms(True, 24), _image()),
-]
+def test_digits_recipe_has_no_flip_rand_augment_or_erasing() -> None:
+    train = build_classification_transforms(True, 32, scale=(0.6, 1.0), hflip=0.0, rand_augment=None, reprob=0.0)
+    names = [type(t).__name__ for t in train.transforms]
+    assert names == ["RandomResizedCropAndInterpolation", "MaybeToTensor", "Normalize"]
 
 
-@pytest.mark.parametrize("transform, x", RANDOM_TRANSFORMS, ids=lambda v: type(v).__name__)
-def test_deterministic_under_seed(transform, x) -> None:
-    assert _same(transform(x, generator=_g(3)), transform(x, generator=_g(3)))
-    outputs = [transform(x, generator=_g(seed)) for seed in range(8)]
-    assert not all(_same(outputs[0], out) for out in outputs[1:])
-    torch.manual_seed(5)
-    first = transform(x)
-    torch.manual_seed(5)
-    assert _same(first, transform(x))  # the default generator is torch's global one
-
-
-def test_random_resized_crop_box_and_size() -> None:
-    crop = T.RandomResizedCrop((12, 20), scale=(0.2, 0.9), ratio=(0.5, 2.0))
-    for seed in range(50):
-        left, top, right, bottom = crop.crop_box(40, 30, _g(seed))
-        w, h = right - left, bottom - top
-        assert 0 <= left < right <= 40 and 0 <= top < bottom <= 30
-        assert 0.2 - 0.05 <= w * h / 1200 <= 0.9 + 0.05  # up to rounding of the sides
-        assert 0.5 - 0.1 <= w / h <= 2.0 + 0.2
-    assert crop(_image(), generator=_g(0)).size == (20, 12)
-    # no draw can cover 150% of the area: the fallback is the central crop of the clamped ratio
-    assert T.RandomResizedCrop(8, scale=(1.5, 2.0), ratio=(1.0, 1.0)).crop_box(40, 30, _g(0)) == (5, 0, 35, 30)
-
-
-def test_flip() -> None:
-    img = _image()
-    flipped = np.asarray(T.RandomHorizontalFlip(p=1.0)(img))
-    np.testing.assert_array_equal(flipped, np.asarray(img)[:, ::-1])
-    assert T.RandomHorizontalFlip(p=0.0)(img) is img
-
-
-def test_rand_augment_ops_keep_size_and_mode() -> None:
-    img = _image()
-    for name, (op, signed) in _RAND_AUGMENT_OPS.items():
-        for level in (0.0, 0.5, 1.0, -1.0) if signed else (0.0, 1.0):
-            out = op(img, level, (124, 116, 104))
-            assert out.size == img.size and out.mode == "RGB", name
-    assert len(T.RandAugment.ops) == 15
-    assert T.RandAugment(num_ops=3, prob=0.0)(img, generator=_g(0)) is img
-    with pytest.raises(ValueError, match="magnitude"):
-        T.RandAugment(magnitude=11)
-
-
-def test_resize_center_crop_to_tensor_normalize() -> None:
+def test_a_whole_image_crop_is_a_bicubic_resize() -> None:
     img = _image(40, 30)
-    assert T.Resize(15)(img).size == (20, 15)  # shorter side
-    assert T.Resize(15)(_image(30, 40)).size == (15, 20)
-    assert T.Resize((7, 9))(img).size == (9, 7)
-    cropped = T.CenterCrop((10, 20))(img)
-    np.testing.assert_array_equal(np.asarray(cropped), np.asarray(img)[10:20, 10:30])
-    x = T.ToTensor()(img)
-    assert x.shape == (3, 30, 40) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    mean_image = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand(3, 4, 4)
-    assert T.Normalize()(mean_image).abs().max() < 1e-6
-    unit = torch.tensor(IMAGENET_MEAN).add(torch.tensor(IMAGENET_STD)).view(3, 1, 1).expand(3, 4, 4)
-    torch.testing.assert_close(T.Normalize()(unit), torch.ones(3, 4, 4))
+    train = build_classification_transforms(True, 16, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), hflip=0.0,
+                                            rand_augment=None, reprob=0.0)  # fmt: skip
+    with seeded(0):
+        out = train(img)
+    torch.testing.assert_close(out, _normalised(img.resize((16, 16), Image.Resampling.BICUBIC)))
 
 
-def test_random_erasing_erases_one_rectangle() -> None:
-    x = torch.zeros(3, 20, 30)
-    out = T.RandomErasing(p=1.0)(x, generator=_g(1))
-    changed = (out != 0).any(0)
-    rows, cols = changed.any(1).nonzero()[:, 0], changed.any(0).nonzero()[:, 0]
-    assert changed.sum() == len(rows) * len(cols) > 0  # a filled rectangle
-    assert 0.02 * 600 * 0.8 <= changed.sum() <= 600 / 3 * 1.2
-    assert T.RandomErasing(p=0.0)(x) is x and x.abs().sum() == 0
-
-
-def test_recipes() -> None:
+def test_eval_recipe_resizes_the_shorter_side_and_crops_the_centre() -> None:
     img = _image(50, 40)
-    train = build_classification_transforms(True, 32)
-    assert [type(t).__name__ for t in train.transforms] == [
-        "RandomResizedCrop", "RandomHorizontalFlip", "RandAugment", "ToTensor", "Normalize", "RandomErasing",
-    ]  # fmt: skip
-    assert train(img, generator=_g(0)).shape == (3, 32, 32)
-    evaluate = build_classification_transforms(False, 32)
-    out = evaluate(img)
-    assert out.shape == (3, 32, 32) and torch.equal(out, evaluate(img))
-    expected = T.Normalize()(T.ToTensor()(T.CenterCrop(32)(img.resize((45, 36), Image.Resampling.BICUBIC))))
-    assert int(32 / 0.875) == 36
-    torch.testing.assert_close(out, expected)
+    out = build_classification_transforms(False, 32)(img)  # shorter side int(32 / 0.875) = 36: 45 x 36
+    expected = img.resize((45, 36), Image.Resampling.BICUBIC).crop((6, 2, 38, 34))  # round((45 - 32) / 2) = 6
+    torch.testing.assert_close(out, _normalised(expected))
+    out = build_classification_transforms(False, 30, crop_pct=1.0)(_image(30, 45))
+    torch.testing.assert_close(out, _normalised(_image(30, 45).crop((0, 8, 30, 38))))  # no resize at crop_pct 1
 
 
-def test_dataloader_workers_reproducible(tmp_path: Path) -> None:
-    for i in range(6):
-        (tmp_path / str(i % 2)).mkdir(exist_ok=True)
-        _image(20, 20, seed=i).save(tmp_path / str(i % 2) / f"{i}.png")
-    ds = ImageFolder(tmp_path, transform=build_classification_transforms(True, 16))
+def test_training_output_is_seeded() -> None:
+    img = _image()
+    train = build_classification_transforms(True, 24, reprob=0.5)
+    outputs = []
+    for seed in (3, 3, 4, 5, 6):
+        with seeded(seed):
+            outputs.append(train(img))
+    assert outputs[0].shape == (3, 24, 24) and outputs[0].dtype == torch.float32
+    assert torch.equal(outputs[0], outputs[1])
+    assert not any(torch.equal(outputs[0], out) for out in outputs[2:])
 
-    def run() -> torch.Tensor:
-        loader = DataLoader(ds, batch_size=3, num_workers=2, generator=torch.Generator().manual_seed(7))
-        return torch.cat([images for images, _ in loader])
 
-    first = run()
-    assert torch.equal(first, run())
-    assert not math.isclose(first[0].sum().item(), first[1].sum().item())
+def test_random_erasing_fills_one_rectangle_with_noise() -> None:
+    img = Image.new("RGB", (32, 32), (124, 116, 104))
+    train = build_classification_transforms(True, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
+                                            rand_augment=None, reprob=1.0)  # fmt: skip
+    with seeded(1):
+        out = train(img)
+    changed = (out - _normalised(img)).abs().amax(0) > 1e-4
+    rows, cols = changed.any(1).nonzero()[:, 0], changed.any(0).nonzero()[:, 0]
+    assert changed.sum() == len(rows) * len(cols) > 0  # one filled rectangle
+    assert 0.02 * 1024 * 0.8 <= changed.sum() <= 1024 / 3 * 1.2  # area in timm's (0.02, 1/3)
+    assert out[:, changed].std() > 0.5  # per-pixel N(0, 1) noise ("pixel" mode)
+
+
+def test_rand_augment_config_and_its_errors() -> None:
+    assert rand_augment_config(2, 9.0) == "rand-m9-n2-mstd0.5-inc1"
+    with pytest.raises(ValueError, match="magnitude must be an integer in 0..10.*9.5"):
+        build_classification_transforms(True, 32, rand_augment=(2, 9.5))
+    with pytest.raises(ValueError, match="num_ops"):
+        rand_augment_config(0, 9)
+    with pytest.raises(ValueError, match="crop_pct"):
+        build_classification_transforms(False, 32, crop_pct=0.0)

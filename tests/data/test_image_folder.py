@@ -4,10 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from deformvision.data import ImageFolder
-from deformvision.data import transforms_cls as T
 
 
 def _save(path: Path, size: tuple[int, int] = (12, 10), mode: str = "RGB", value: int = 100) -> Path:
@@ -26,7 +27,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_classes_samples_and_loading(tree: Path) -> None:
-    ds = ImageFolder(tree, transform=T.Compose([T.ToTensor()]))
+    ds = ImageFolder(tree, transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
     assert ds.classes == ["cat", "dog"]
     assert ds.class_to_idx == {"cat": 0, "dog": 1}
     assert [p.name for p, _ in ds.samples] == ["a.png", "b.png", "c.JPG"]
@@ -75,5 +76,5 @@ def test_pixels_survive_loading(tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     (tmp_path / "k").mkdir()
     Image.fromarray(pixels).save(tmp_path / "k" / "x.png")
-    image, _ = ImageFolder(tmp_path, transform=T.ToTensor())[0]
+    image, _ = ImageFolder(tmp_path, transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))[0]
     np.testing.assert_array_equal((image * 255).round().byte().permute(1, 2, 0).numpy(), pixels)

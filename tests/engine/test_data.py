@@ -1,10 +1,14 @@
 """Data order and augmentation seeding: independent of the number of processes, workers and resumption."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from deformvision.data import ImageFolder, build_classification_transforms
+from deformvision.data import ImageFolder, build_classification_transforms, build_detection_transforms
 from deformvision.engine.data import EpochSampler, SeededTransform, ShardSampler, derive_seed
 
 
@@ -58,3 +62,41 @@ def test_seeded_transform_is_independent_of_order_and_workers(image_folder):
     dataset.set_epoch(2)
     assert not torch.equal(dataset[0][0], forward[0])  # another epoch, another augmentation
     assert derive_seed(5, 1, 0) != derive_seed(5, 0, 1) and 0 <= derive_seed(1, 2, 3) < 2**63
+
+
+def test_seeded_transform_leaves_the_global_rngs_alone(image_folder):
+    """The trainer checkpoints the global RNGs: loading a sample in the main process must not move them."""
+    transform = build_classification_transforms(True, 32, rand_augment=(2, 9), reprob=1.0)
+    dataset = SeededTransform(ImageFolder(image_folder / "train"), transform, seed=0)
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)  # noqa: NPY002
+    expected = (torch.rand(3), random.random(), np.random.rand())  # noqa: NPY002
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)  # noqa: NPY002
+    for i in range(4):
+        dataset[i]
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert np.random.rand() == expected[2]  # noqa: NPY002
+
+
+class _OneScene(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        pixels = np.zeros((60, 100, 3), np.uint8)
+        pixels[20:50, 10:30] = 255
+        return Image.fromarray(pixels), {"boxes": torch.tensor([[10.0, 20.0, 30.0, 50.0]]), "labels": torch.tensor([1])}
+
+
+def test_seeded_detection_transform_depends_only_on_seed_epoch_and_index():
+    transform = build_detection_transforms(True, scales=(32, 48, 64, 80), max_size=140, crop=(24, 56),
+                                           crop_resize=(50, 60, 70))  # fmt: skip
+    dataset = SeededTransform(_OneScene(), transform, seed=1, detection=True)
+    first = [dataset[i] for i in range(4)]
+    again = [dataset[i] for i in reversed(range(4))][::-1]
+    for (x, t), (y, u) in zip(first, again, strict=True):
+        assert torch.equal(x, y) and torch.equal(t["boxes"], u["boxes"])
+    assert len({tuple(x.shape) for x, _ in first}) > 1  # the same image, augmented differently per index

@@ -1,9 +1,7 @@
-"""Image files and tensors: the extensions we read, decoding to RGB with errors that name the file."""
+"""Image files: the extensions we read, decoding to RGB with errors that name the file; ImageNet statistics."""
 
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 IMG_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -43,11 +41,3 @@ def passes_verify(path: Path) -> bool:
     except Exception:  # PIL raises many kinds on bad files; any of them means "not readable"
         return False
     return True
-
-
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image ``(W, H)`` with C bands -> float32 tensor ``(C, H, W)`` in ``[0, 1]``."""
-    array = np.array(img, dtype=np.uint8, copy=True)
-    if array.ndim == 2:  # single-band image
-        array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)

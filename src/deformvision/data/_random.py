@@ -1,56 +1,41 @@
-"""Random draws for the data pipeline, all from one optional :class:`torch.Generator`.
+"""Seeding the global random state that torchvision's and timm's transforms draw from.
 
-Every random transform takes ``generator`` in its call. ``None`` means torch's default generator,
-which :class:`torch.utils.data.DataLoader` seeds in each worker with ``base_seed + worker_id``
-(``base_seed`` drawn from the main process's generator, or from the loader's ``generator=``), so a
-run is reproducible after ``torch.manual_seed(seed)`` whatever the number of workers. Pass a
-generator to make a single call reproducible on its own (as the tests do).
+``torchvision.transforms.v2`` draws from torch's default CPU generator; timm's transforms also from
+Python's ``random`` and numpy's legacy global state, and timm's ``Mixup`` from numpy's. None of them
+takes a generator, so a reproducible call runs inside :func:`seeded`, which seeds those three from one
+integer and afterwards puts back what they held before. The surrounding code (a training loop whose
+RNG state is checkpointed, DataLoader workers) is then unaffected by how many draws a call made.
 """
 
-import math
-from collections.abc import Sequence
-from typing import TypeVar
+import contextlib
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-T = TypeVar("T")
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator, ``random`` and numpy's global state seeded by ``seed``.
 
-def uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    """A float drawn uniformly from ``[low, high)``."""
-    return low + (high - low) * torch.rand((), generator=generator).item()
-
-
-def log_uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    """A float whose logarithm is uniform in ``[log(low), log(high))`` (``0 < low <= high``)."""
-    return math.exp(uniform(math.log(low), math.log(high), generator))
-
-
-def randint(low: int, high: int, generator: torch.Generator | None) -> int:
-    """An integer drawn uniformly from ``low..high``, both ends included."""
-    return int(torch.randint(low, high + 1, (), generator=generator))
-
-
-def coin(p: float, generator: torch.Generator | None) -> bool:
-    """``True`` with probability ``p``."""
-    return torch.rand((), generator=generator).item() < p
-
-
-def normal(mean: float, std: float, generator: torch.Generator | None) -> float:
-    """A float drawn from ``N(mean, std^2)``."""
-    return mean + std * torch.randn((), generator=generator).item()
-
-
-def choice(items: Sequence[T], generator: torch.Generator | None) -> T:
-    """One element of ``items``, each equally likely."""
-    return items[randint(0, len(items) - 1, generator)]
-
-
-def beta(alpha: float, generator: torch.Generator | None) -> float:
-    """A draw from the symmetric ``Beta(alpha, alpha)`` distribution (``alpha > 0``).
-
-    torch's Beta sampler takes no generator, so a seed is drawn from ``generator`` and numpy samples.
+    The three states are restored on exit (also on an exception). CUDA generators are neither seeded
+    nor touched: the data transforms run on the CPU.
     """
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
+    torch_state = torch.default_generator.get_state()
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()  # noqa: NPY002  (the legacy global state is what timm draws from)
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A 63-bit seed drawn from ``generator`` (to run a block under :func:`seeded`)."""
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator))

@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from deformvision.data._image import load_rgb
-from deformvision.data.transforms_det import Compose, NormalizeBoxes, Target, ToTensor
+from deformvision.data.transforms_det import Target, to_tensors
 
 
 class _InvalidAnnotation(Exception):
@@ -44,16 +46,18 @@ class CocoDetection(Dataset):
     ``dataset[i]`` is ``transforms(image, target)`` for the ``i``-th image in increasing image id,
     where ``image`` is the RGB PIL image and ``target`` holds (``n`` objects):
 
-    - ``boxes``: ``(n, 4)`` float32 absolute ``(x0, y0, x1, y1)`` clipped to the image,
+    - ``boxes``: ``(n, 4)`` float32 absolute ``(x0, y0, x1, y1)`` clipped to the image, a
+      ``tv_tensors.BoundingBoxes`` (format ``XYXY``, ``canvas_size`` the image's ``(h, w)``),
     - ``labels``: ``(n,)`` int64 (see ``contiguous_ids``),
     - ``area``: ``(n,)`` float32, the annotation's ``area`` (or box area when absent),
     - ``iscrowd``: ``(n,)`` int64 zeros,
     - ``image_id``: 0-d int64, ``orig_size`` and ``size``: ``(2,)`` int64 ``(h, w)``.
 
-    The transforms (:mod:`~deformvision.data.transforms_det`, e.g.
-    :func:`~deformvision.data.build_detection_transforms`) should end with ``Normalize``, which makes
-    the image a float ``(3, H, W)`` tensor and the boxes normalised ``(cx, cy, w, h)`` in ``[0, 1]`` of
-    the transformed image, and ``size`` its ``(h, w)``. ``transforms=None`` gives the same without
+    The transforms (``torchvision.transforms.v2``, e.g.
+    :func:`~deformvision.data.build_detection_transforms`) should end with
+    :class:`~deformvision.data.transforms_det.NormalizeBoxes`, which makes the image a float
+    ``(3, H, W)`` tensor and the boxes plain normalised ``(cx, cy, w, h)`` in ``[0, 1]`` of the
+    transformed image, and ``size`` its ``(h, w)``. ``transforms=None`` gives the same without
     resizing or mean/std normalisation (pixel values in ``[0, 1]``).
 
     Like DETR, crowd annotations (``iscrowd=1``) and degenerate boxes (width or height <= 0) are
@@ -97,7 +101,7 @@ class CocoDetection(Dataset):
     ) -> None:
         self.image_root = Path(image_root)
         self.annotation_file = Path(annotation_file)
-        self.transforms = transforms if transforms is not None else Compose([ToTensor(), NormalizeBoxes()])
+        self.transforms = transforms if transforms is not None else v2.Compose(to_tensors())
         self.num_classes = num_classes
         data = _read_coco_json(self.annotation_file)
 
@@ -206,7 +210,8 @@ class CocoDetection(Dataset):
         boxes, labels, area = self._objects[image_id]
         size = torch.tensor([img.height, img.width])
         target = {
-            "boxes": boxes.clone(), "labels": labels.clone(), "area": area.clone(), "iscrowd": torch.zeros_like(labels),
+            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(img.height, img.width)),
+            "labels": labels.clone(), "area": area.clone(), "iscrowd": torch.zeros_like(labels),
             "image_id": torch.tensor(image_id), "orig_size": size, "size": size.clone(),
         }  # fmt: skip
         return self.transforms(img, target)

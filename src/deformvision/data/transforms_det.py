@@ -1,226 +1,187 @@
-"""Detection transforms that move the boxes with the image (the semantics of DETR's ``datasets/transforms.py``).
+"""Detection transforms on ``torchvision.transforms.v2``: Deformable DETR's recipe (DETR's ``datasets/transforms.py``).
 
-A transform is called as ``t(img, target, generator=None) -> (img, target)``. ``img`` is a PIL image
-until :class:`ToTensor`, then a float ``(3, H, W)`` tensor. ``target`` is a dict; the keys read here:
+A pipeline is called as ``t(image, target) -> (image, target)``. ``image`` is a PIL image (or a
+``(3, H, W)`` tensor / ``tv_tensors.Image``); ``target`` is a dict, and the keys that move with the
+image are:
 
-- ``boxes``: ``(n, 4)`` float32, absolute pixel ``(x0, y0, x1, y1)`` of the current image until
-  :class:`Normalize` / :class:`NormalizeBoxes`, which turn them into ``(cx, cy, w, h)`` divided by
-  the image's width and height (so in ``[0, 1]``);
-- ``labels``, ``area``, ``iscrowd``: ``(n,)`` per-object fields, kept in step with ``boxes``;
-- ``size``: ``(2,)`` int64 ``(h, w)`` of the current image, updated by every geometric transform.
+- ``boxes``: ``(n, 4)`` absolute pixel ``(x0, y0, x1, y1)``, a ``tv_tensors.BoundingBoxes`` (a plain
+  tensor is wrapped by :class:`ToTVTensors` on the image's canvas);
+- ``masks``: ``(n, H, W)`` instance masks, a ``tv_tensors.Mask`` (a plain tensor is wrapped), moved by
+  the v2 geometric transforms like the image;
+- ``labels``, ``area``, ``iscrowd``: ``(n,)`` per-object fields, kept in step with ``boxes`` where
+  :class:`RandomSizeCrop` drops objects. ``area`` stays the annotation's area in the original image's
+  pixels (no transform rescales it; nothing downstream reads it).
 
-Missing keys are left missing (``{}`` works for inference). Random transforms draw from
-``generator`` (see :mod:`deformvision.data._random`).
+:class:`NormalizeBoxes` ends every pipeline: the image becomes a plain float tensor, ``boxes`` plain
+normalised ``(cx, cy, w, h)`` in ``[0, 1]`` of the final image and ``size`` its ``(h, w)`` (int64).
+``orig_size``, ``image_id`` and other keys pass through; ``{}`` works for inference.
+
+Random transforms draw from torch's global generator, as all of ``transforms.v2``; for reproducible
+data, call the pipeline under :func:`deformvision.data._random.seeded` (the training data does so per
+sample, see :class:`deformvision.engine.data.SeededTransform`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+import PIL.Image
 import torch
-from PIL import Image
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-from deformvision.data import _random as rnd
-from deformvision.data._image import IMAGENET_MEAN, IMAGENET_STD, pil_to_tensor
-from deformvision.ops.boxes import box_xyxy_to_cxcywh
+from deformvision.data._image import IMAGENET_MEAN, IMAGENET_STD
 
 Target = dict[str, torch.Tensor]
-Img = Image.Image | torch.Tensor  # PIL image until ToTensor, then (3, H, W)
-DetTransform = Callable[..., tuple[Img, Target]]
-PER_OBJECT_KEYS = ("boxes", "labels", "area", "iscrowd")
+PER_OBJECT_KEYS = ("boxes", "masks", "labels", "area", "iscrowd")  # filtered together by RandomSizeCrop
 COCO_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800: Deformable DETR's training sizes
 
 
-def hflip(img: Image.Image, target: Target) -> tuple[Image.Image, Target]:
-    """Mirror left-right: box ``(x0, y0, x1, y1)`` becomes ``(W - x1, y0, W - x0, y1)``."""
-    target = dict(target)
-    if "boxes" in target:
-        x0, y0, x1, y1 = target["boxes"].unbind(-1)
-        target["boxes"] = torch.stack((img.width - x1, y0, img.width - x0, y1), dim=-1)
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), target
+def _image_and_target(inputs: tuple[Any, ...], transform: v2.Transform) -> tuple[Any, dict[str, Any]]:
+    if len(inputs) != 2 or not isinstance(inputs[1], dict):
+        kinds = ", ".join(type(x).__name__ for x in inputs)
+        raise TypeError(f"{type(transform).__name__} takes (image, target dict), got ({kinds})")
+    return inputs
 
 
-def resized_shape(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """``(h, w)`` with the shorter side ``size`` (aspect kept, longer side truncated to int).
+class ToTVTensors(v2.Transform):
+    """Wrap a target's plain ``boxes`` (absolute xyxy) and ``masks`` as ``tv_tensors`` of the image's canvas.
 
-    With ``max_size``, ``size`` is first lowered to ``round(max_size * short / long)`` when the
-    longer side would exceed ``max_size``.
+    Values that already are ``BoundingBoxes`` / ``Mask`` and the other keys are left as they are; the
+    target dict is copied, never modified.
     """
-    short, long = min(height, width), max(height, width)
-    if max_size is not None and long / short * size > max_size:
-        size = round(max_size * short / long)
-    if short == size:
-        return height, width
-    if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+
+    def forward(self, *inputs: Any) -> tuple[Any, dict[str, Any]]:
+        image, target = _image_and_target(inputs, self)
+        target = dict(target)
+        boxes = target.get("boxes")
+        if boxes is not None and not isinstance(boxes, tv_tensors.BoundingBoxes):
+            boxes = torch.as_tensor(boxes, dtype=torch.float32)
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"target['boxes'] must be (n, 4) xyxy, got shape {tuple(boxes.shape)}")
+            target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(F.get_size(image)))
+        masks = target.get("masks")
+        if masks is not None and not isinstance(masks, tv_tensors.Mask):
+            target["masks"] = tv_tensors.Mask(masks)
+        return image, target
 
 
-def resize(img: Image.Image, target: Target, size: int, max_size: int | None = None) -> tuple[Image.Image, Target]:
-    """Resize (bilinear) to :func:`resized_shape`; boxes scale by ``(sx, sy)``, areas by ``sx * sy``."""
-    new_h, new_w = resized_shape(img.height, img.width, size, max_size)
-    scale_x, scale_y = new_w / img.width, new_h / img.height
-    target = dict(target)
-    if "boxes" in target:
-        target["boxes"] = target["boxes"] * torch.tensor([scale_x, scale_y, scale_x, scale_y])
-    if "area" in target:
-        target["area"] = target["area"] * (scale_x * scale_y)
-    target["size"] = torch.tensor([new_h, new_w])
-    return img.resize((new_w, new_h), Image.Resampling.BILINEAR), target
+class RandomSizeCrop(v2.Transform):
+    """DETR's ``RandomSizeCrop``: a crop of random size and position, then objects left empty are dropped.
 
-
-def crop(img: Image.Image, target: Target, top: int, left: int, height: int, width: int) -> tuple[Image.Image, Target]:
-    """Crop ``height x width`` at ``(top, left)``; boxes are shifted and clipped to the crop.
-
-    Boxes left with zero width or height are dropped with their per-object fields; ``area`` becomes
-    the clipped box area.
-    """
-    target = dict(target)
-    if "boxes" in target:
-        boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=target["boxes"].dtype)
-        boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([width, height, width, height], dtype=boxes.dtype))
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        target["boxes"] = boxes
-        target["area"] = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        for key in PER_OBJECT_KEYS:
-            if key in target:
-                target[key] = target[key][keep]
-    target["size"] = torch.tensor([height, width])
-    return img.crop((left, top, left + width, top + height)), target
-
-
-class Compose:
-    """Apply ``transforms`` in order, passing the same ``generator`` to each."""
-
-    def __init__(self, transforms: Sequence[DetTransform]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, img: Img, target: Target, generator: torch.Generator | None = None) -> tuple[Img, Target]:
-        for transform in self.transforms:
-            img, target = transform(img, target, generator=generator)
-        return img, target
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(map(repr, self.transforms))})"
-
-
-class RandomHorizontalFlip:
-    """:func:`hflip` with probability ``p``."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(
-        self, img: Image.Image, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[Image.Image, Target]:
-        return hflip(img, target) if rnd.coin(self.p, generator) else (img, target)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(p={self.p})"
-
-
-class RandomResize:
-    """:func:`resize` with the shorter side drawn uniformly from ``sizes``, the longer capped at ``max_size``."""
-
-    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
-        self.sizes = tuple(sizes)
-        self.max_size = max_size
-
-    def __call__(
-        self, img: Image.Image, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[Image.Image, Target]:
-        return resize(img, target, rnd.choice(self.sizes, generator), self.max_size)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(sizes={self.sizes}, max_size={self.max_size})"
-
-
-class RandomSizeCrop:
-    """:func:`crop` of a random size and position.
-
-    Width and height are drawn uniformly from ``min_size..min(image side, max_size)`` (a side smaller
-    than ``min_size`` is kept whole), then the position uniformly among those that fit.
+    The crop width is drawn uniformly from ``min_size..min(W, max_size)`` (both included), then the
+    height likewise from ``H``; a side smaller than ``min_size`` is kept whole. The position is uniform
+    among those that fit. Image, boxes and masks are cropped by ``torchvision``'s ``crop`` (boxes are
+    shifted and clipped to the crop); then every object whose clipped box has zero width or height is
+    removed from each of the target's :data:`PER_OBJECT_KEYS`: exactly the boxes that overlap the crop
+    with positive area are kept.
     """
 
     def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"RandomSizeCrop needs 0 < min_size <= max_size, got min_size={min_size}, "
+                             f"max_size={max_size}")  # fmt: skip
         self.min_size = min_size
         self.max_size = max_size
 
-    def __call__(
-        self, img: Image.Image, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[Image.Image, Target]:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, int]:
+        image = next(x for x in flat_inputs if isinstance(x, PIL.Image.Image | tv_tensors.Image))
+        height, width = F.get_size(image)
         sides = []
-        for side in (img.width, img.height):
+        for side in (width, height):
             high = min(side, self.max_size)
-            sides.append(rnd.randint(min(self.min_size, high), high, generator))
-        width, height = sides
-        top = rnd.randint(0, img.height - height, generator)
-        left = rnd.randint(0, img.width - width, generator)
-        return crop(img, target, top, left, height, width)
+            sides.append(int(torch.randint(min(self.min_size, high), high + 1, ())))
+        crop_width, crop_height = sides
+        top = int(torch.randint(0, height - crop_height + 1, ()))
+        left = int(torch.randint(0, width - crop_width + 1, ()))
+        return {"top": top, "left": left, "height": crop_height, "width": crop_width}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(min_size={self.min_size}, max_size={self.max_size})"
+    def transform(self, inpt: Any, params: dict[str, int]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
 
-
-class RandomSelect:
-    """Apply ``first`` with probability ``p``, else ``second``."""
-
-    def __init__(self, first: DetTransform, second: DetTransform, p: float = 0.5) -> None:
-        self.first = first
-        self.second = second
-        self.p = p
-
-    def __call__(self, img: Img, target: Target, generator: torch.Generator | None = None) -> tuple[Img, Target]:
-        chosen = self.first if rnd.coin(self.p, generator) else self.second
-        return chosen(img, target, generator=generator)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.first!r}, {self.second!r}, p={self.p})"
-
-
-class ToTensor:
-    """PIL image -> float32 ``(3, H, W)`` tensor in ``[0, 1]``; the target is unchanged."""
-
-    def __call__(
-        self, img: Image.Image, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, Target]:
-        return pil_to_tensor(img), target
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class NormalizeBoxes:
-    """Boxes of a ``(3, H, W)`` tensor image: absolute ``xyxy`` -> ``(cx, cy, w, h) / (W, H, W, H)``."""
-
-    def __call__(
-        self, img: torch.Tensor, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, Target]:
+    def forward(self, *inputs: Any) -> Any:
+        """The crop (``transforms.v2``'s ``forward``), then the objects that became empty are dropped."""
+        image, target = super().forward(*_image_and_target(inputs, self))
+        boxes = target.get("boxes")
+        if boxes is None:
+            return image, target
+        x0, y0, x1, y1 = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY).unbind(-1)
+        keep = (x1 > x0) & (y1 > y0)
+        if keep.all():
+            return image, target
         target = dict(target)
-        if "boxes" in target:
-            height, width = img.shape[-2:]
-            scale = torch.tensor([width, height, width, height], dtype=target["boxes"].dtype)
-            target["boxes"] = box_xyxy_to_cxcywh(target["boxes"]) / scale
-        return img, target
+        for key in PER_OBJECT_KEYS:
+            if key in target:
+                value = target[key]
+                kept = value[keep]
+                target[key] = tv_tensors.wrap(kept, like=value) if isinstance(value, tv_tensors.TVTensor) else kept
+        return image, target
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def extra_repr(self) -> str:
+        return f"min_size={self.min_size}, max_size={self.max_size}"
 
 
-class Normalize(NormalizeBoxes):
-    """``(img - mean) / std`` per channel of a ``(3, H, W)`` tensor, then :class:`NormalizeBoxes`."""
+class NormalizeBoxes(v2.Transform):
+    """The detector's target: ``boxes`` -> plain ``(cx, cy, w, h) / (W, H, W, H)``, ``size`` = ``(H, W)``.
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+    The last step of a pipeline (after ``ToImage``): ``W, H`` are the image's; the image itself is
+    returned as a plain tensor. A plain ``boxes`` tensor is read as absolute xyxy.
+    """
 
-    def __call__(
-        self, img: torch.Tensor, target: Target, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, Target]:
-        mean = torch.tensor(self.mean, dtype=img.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=img.dtype).view(-1, 1, 1)
-        return super().__call__((img - mean) / std, target)
+    def forward(self, *inputs: Any) -> tuple[Any, dict[str, Any]]:
+        image, target = _image_and_target(inputs, self)
+        height, width = F.get_size(image)
+        target = dict(target)
+        boxes = target.get("boxes")
+        if boxes is not None:
+            if isinstance(boxes, tv_tensors.BoundingBoxes):
+                if tuple(boxes.canvas_size) != (height, width):
+                    raise ValueError(f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is "
+                                     f"{(height, width)} (h, w)")  # fmt: skip
+                cxcywh = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
+                cxcywh = cxcywh.as_subclass(torch.Tensor)
+            else:
+                cxcywh = box_convert(torch.as_tensor(boxes, dtype=torch.float32), "xyxy", "cxcywh")
+            target["boxes"] = cxcywh / torch.tensor([width, height, width, height], dtype=cxcywh.dtype)
+        target["size"] = torch.tensor([height, width])
+        if isinstance(image, torch.Tensor):
+            image = image.as_subclass(torch.Tensor)
+        return image, target
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+def resize(size: int, max_size: int | None = None) -> v2.Resize:
+    """DETR's resize: shorter side ``size`` (aspect kept), longer side capped at ``max_size`` (bilinear).
+
+    ``v2.Resize(size, max_size=max_size)``; when ``size >= max_size`` the cap always wins, and the
+    transform is ``v2.Resize(None, max_size=max_size)`` (longer side ``max_size``), which
+    ``v2.Resize`` asks for then.
+    """
+    if max_size is not None and size >= max_size:
+        return v2.Resize(None, max_size=max_size)
+    return v2.Resize(size, max_size=max_size)
+
+
+def random_resize(sizes: Sequence[int], max_size: int | None = None) -> v2.Transform:
+    """:func:`resize` to a shorter side drawn uniformly from ``sizes`` (DETR's ``RandomResize``)."""
+    if len(sizes) == 1:
+        return resize(sizes[0], max_size)
+    return v2.RandomChoice([resize(size, max_size) for size in sizes])
+
+
+def _check_sizes(name: str, sizes: Sequence[int]) -> None:
+    if len(sizes) == 0 or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise ValueError(f"{name} must be a non-empty sequence of positive int sizes, got {tuple(sizes)!r}")
+
+
+def to_tensors(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> list[v2.Transform]:
+    """The tail of every pipeline: PIL image -> float32 ``(3, H, W)`` in ``[0, 1]`` (``ToImage``,
+    ``ToDtype``), ``Normalize(mean, std)`` when they are given, then :class:`NormalizeBoxes`."""
+    tail: list[v2.Transform] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None and std is not None:
+        tail.append(v2.Normalize(list(mean), list(std)))
+    return [*tail, NormalizeBoxes()]
 
 
 def build_detection_transforms(
@@ -234,27 +195,42 @@ def build_detection_transforms(
     hflip: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> Compose:
+) -> v2.Compose:
     """The Deformable DETR COCO pipeline: ``(PIL image, target)`` -> ``((3, H, W) tensor, target)``.
 
-    Train: ``RandomHorizontalFlip(hflip)``, then with probability 1/2 ``RandomResize(scales, max_size)``,
-    else ``RandomResize(crop_resize)``, ``RandomSizeCrop(*crop)``, ``RandomResize(scales, max_size)``;
-    then ``ToTensor``, ``Normalize(mean, std)``. ``hflip=0`` leaves out the flip (for data where a mirror
-    image is another class, such as digits) and ``crop=None`` the random-crop branch.
-    Eval: ``RandomResize([val_size], max_size)`` (deterministic), ``ToTensor``, ``Normalize``.
+    Train: :class:`ToTVTensors`, ``ClampBoundingBoxes``, ``RandomHorizontalFlip(hflip)``, then with
+    probability 1/2 ``random_resize(scales, max_size)``, else ``random_resize(crop_resize)``,
+    ``RandomSizeCrop(*crop)``, ``random_resize(scales, max_size)`` (``RandomChoice`` of the two); then
+    ``ToImage``, ``ToDtype(float32, scale=True)``, ``Normalize(mean, std)``, :class:`NormalizeBoxes`.
+    ``hflip=0`` leaves out the flip (for data where a mirror image is another class, such as digits)
+    and ``crop=None`` the random-crop branch.
+    Eval: :class:`ToTVTensors`, ``resize(val_size, max_size)`` (deterministic), then the same tail.
 
     The defaults are COCO's; for small images scale everything down, e.g. for 128-pixel canvases
     ``scales=range(96, 161, 16), max_size=267, crop=(80, 128), crop_resize=(96, 112, 128), val_size=128``
     (the same ratios to the image size as COCO's to its typical 640 x 480).
+
+    Raises:
+        ValueError: naming the argument, for a flip probability outside ``[0, 1]``, empty or
+            non-positive sizes, or a crop range that is not ``0 < min <= max``.
     """
     if not 0.0 <= hflip <= 1.0:
         raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
-    finish = [ToTensor(), Normalize(mean, std)]
+    _check_sizes("val_size", [val_size])
+    if max_size is not None and max_size <= 0:
+        raise ValueError(f"max_size must be positive, got {max_size}")
+    tail = to_tensors(mean, std)
     if not train:
-        return Compose([RandomResize([val_size], max_size), *finish])
-    flip = [RandomHorizontalFlip(hflip)] if hflip > 0 else []
-    resize = RandomResize(scales, max_size)
+        return v2.Compose([ToTVTensors(), resize(val_size, max_size), *tail])
+    _check_sizes("scales", scales)
+    head: list[v2.Transform] = [ToTVTensors(), v2.ClampBoundingBoxes()]
+    if hflip > 0:
+        head.append(v2.RandomHorizontalFlip(hflip))
+    scale = random_resize(tuple(scales), max_size)
     if crop is not None:
-        resize_crop = Compose([RandomResize(crop_resize), RandomSizeCrop(*crop), RandomResize(scales, max_size)])
-        resize = RandomSelect(resize, resize_crop)
-    return Compose([*flip, resize, *finish])
+        _check_sizes("crop_resize", crop_resize)
+        if len(crop) != 2:
+            raise ValueError(f"crop must be (min_size, max_size) or None, got {crop!r}")
+        resize_crop = v2.Compose([random_resize(tuple(crop_resize)), RandomSizeCrop(*crop), scale])
+        scale = v2.RandomChoice([scale, resize_crop])
+    return v2.Compose([*head, scale, *tail])

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import Mixup
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deformvision.data import (
     CocoDetection,
     ImageFolder,
-    Mixup,
     build_classification_transforms,
     build_detection_transforms,
     build_digits_classification,
@@ -69,8 +69,9 @@ def _num_classes(config: TrainConfig, found: int) -> int:
 def build_transforms(config: TrainConfig, train: bool) -> Callable[..., Any]:
     """The training or evaluation transform of ``config``.
 
-    Classification: ``(PIL image, generator=None) -> (3, img_size, img_size)`` tensor. Detection:
-    ``(PIL image, target, generator=None) -> ((3, H, W) tensor, target)`` (``target`` may be ``{}``).
+    Classification: ``PIL image -> (3, img_size, img_size)`` tensor (timm). Detection:
+    ``(PIL image, target) -> ((3, H, W) tensor, target)`` (``transforms.v2``; ``target`` may be ``{}``).
+    Random transforms draw from the global RNGs (see :class:`~deformvision.engine.data.SeededTransform`).
     """
     data, aug = config.data, config.aug
     if data.task == "detection":
@@ -164,7 +165,13 @@ def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
     if config.data.task == "classification":
         mixup = None
         if aug.mixup > 0 or aug.cutmix > 0:
-            mixup = Mixup(aug.mixup, aug.cutmix, aug.mixup_prob, aug.mixup_switch_prob, loss.label_smoothing,
+            if config.data.batch_size % 2:
+                raise ValueError(
+                    f"aug.mixup={aug.mixup} / aug.cutmix={aug.cutmix} mix each image with its mirror in the batch "
+                    f"(timm's Mixup): data.batch_size must be even, got {config.data.batch_size}"
+                )
+            mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
+                          switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=loss.label_smoothing,
                           num_classes=data.num_classes)  # fmt: skip
         return ClassificationTask(data.num_classes, mixup, loss.label_smoothing)
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou, loss.focal_alpha)

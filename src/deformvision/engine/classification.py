@@ -5,30 +5,27 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from deformvision.data import Mixup
+from deformvision.data._random import seed_from, seeded
 from deformvision.engine.distributed import all_reduce_sum
 
 Batch = tuple[Tensor, Tensor]
 
 
-def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of ``-sum_k targets[k] log_softmax(logits)[k]`` (``(B, K)`` each)."""
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
 class ClassificationTask:
     """How a classifier is trained and evaluated.
 
-    Training: with ``mixup`` each batch is mixed (:class:`~deformvision.data.Mixup`, its own label
-    smoothing) and the loss is the soft-target cross-entropy; else cross-entropy with
-    ``label_smoothing``. Evaluation: plain cross-entropy, top-1 and top-5 accuracy (%), summed over
-    all processes.
+    Training: with ``mixup`` each batch is mixed (``timm.data.Mixup``, with its own label smoothing)
+    and the loss is timm's ``SoftTargetCrossEntropy``; else cross-entropy with ``label_smoothing``
+    (torch's, the same as timm's ``LabelSmoothingCrossEntropy``), as Swin's ``main.py``.
+    Evaluation: plain cross-entropy, top-1 and top-5 accuracy (%), summed over all processes.
 
     Args:
         num_classes: ``K``.
-        mixup: batch mixing, or ``None``.
+        mixup: batch mixing (``mode='batch'``: needs an even batch), or ``None``.
         label_smoothing: used without ``mixup``.
     """
 
@@ -36,6 +33,7 @@ class ClassificationTask:
         self.num_classes = num_classes
         self.mixup = mixup
         self.label_smoothing = label_smoothing
+        self.soft_target_loss = SoftTargetCrossEntropy()
 
     def batch_size(self, batch: Batch) -> int:
         return batch[0].shape[0]
@@ -45,14 +43,16 @@ class ClassificationTask:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to back-propagate and the values to log (here only ``loss``) for one batch.
 
-        ``generator`` drives the batch's Mixup/CutMix draws.
+        ``generator`` drives the batch's Mixup/CutMix draws: timm's ``Mixup`` draws from numpy's global
+        state, which is seeded from ``generator`` for the call and restored after it.
         """
         images, labels = batch
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels, generator=generator)
-            loss = soft_target_cross_entropy(model(images).float(), targets)
+            with seeded(seed_from(generator)):
+                images, targets = self.mixup(images, labels)  # mixes ``images`` in place
+            loss = self.soft_target_loss(model(images).float(), targets)
         else:
             loss = F.cross_entropy(model(images).float(), labels, label_smoothing=self.label_smoothing)
         return loss, {"loss": loss.detach()}

@@ -3,8 +3,9 @@
 - :class:`EpochSampler` (training): a permutation seeded by ``(seed, epoch)``, cut to whole global
   batches and dealt out to the processes; it can start after the batches a resumed run already did.
 - :class:`ShardSampler` (evaluation): every sample exactly once over all processes, no padding.
-- :class:`SeededTransform`: each sample's augmentation draws from a generator seeded by
-  ``(seed, epoch, index)``, so a sample is augmented the same whichever process or worker loads it.
+- :class:`SeededTransform`: each sample's augmentation runs with the global RNGs (torch, numpy,
+  ``random``, which torchvision's and timm's transforms draw from) seeded by ``(seed, epoch, index)``,
+  so a sample is augmented the same whichever process or worker loads it, and a resumed run repeats it.
 """
 
 from collections.abc import Callable, Iterator
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from deformvision.data._random import seeded
 
 
 def derive_seed(*keys: int) -> int:
@@ -89,12 +92,15 @@ class ShardSampler(Sampler[int]):
 
 
 class SeededTransform(Dataset):
-    """``dataset[i]`` passed through ``transform`` with a generator seeded by ``(seed, epoch, i)``.
+    """``dataset[i]`` passed through ``transform`` with the global RNGs seeded by ``(seed, epoch, i)``.
 
     ``dataset`` returns un-augmented samples: ``(image, label)`` (``detection=False``: the transform
-    gets the image) or ``(image, target)`` (``detection=True``: the transform gets both). Set the
-    epoch with :meth:`set_epoch` before creating the loader's iterator (workers copy the dataset then;
-    so loaders must not use ``persistent_workers``).
+    gets the image) or ``(image, target)`` (``detection=True``: the transform gets both). The transform
+    runs under :func:`~deformvision.data._random.seeded` of :func:`derive_seed` ``(seed, epoch, i)``:
+    torch's CPU generator, numpy's global state and ``random`` are seeded for it and restored after it,
+    so the caller's RNG streams (checkpointed by the trainer) are untouched. Set the epoch with
+    :meth:`set_epoch` before creating the loader's iterator (workers copy the dataset then; so loaders
+    must not use ``persistent_workers``).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[..., Any], seed: int = 0, detection: bool = False) -> None:
@@ -112,7 +118,7 @@ class SeededTransform(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, target = self.dataset[index]
-        generator = make_generator(self.seed, self.epoch, index)
-        if self.detection:
-            return self.transform(image, target, generator=generator)
-        return self.transform(image, generator=generator), target
+        with seeded(derive_seed(self.seed, self.epoch, index)):
+            if self.detection:
+                return self.transform(image, target)
+            return self.transform(image), target
