@@ -36,9 +36,10 @@ def run_one(model_name: str, size: str, batch: int, device: str, grad_checkpoint
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    info = model.feature_info
     shapes_ok = all(
-        f.shape == (batch, info.channels, h // info.stride, w // info.stride)
-        for f, info in zip(features, model.feature_info, strict=True)
+        f.shape == (batch, c, h // r, w // r)
+        for f, c, r in zip(features, info.channels(), info.reduction(), strict=True)
     )
     grads_ok = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     return {"ok": shapes_ok and grads_ok, "seconds": time.perf_counter() - start, "peak": peak}

@@ -41,8 +41,9 @@ def test_features_only_any_size(name, size):
         x = torch.randn(batch, 3, *size, requires_grad=True)
         features = model(x)
         h, w = size
+        info = model.feature_info
         assert [tuple(f.shape) for f in features] == [
-            (batch, info.channels, h // info.stride, w // info.stride) for info in model.feature_info
+            (batch, c, h // r, w // r) for c, r in zip(info.channels(), info.reduction(), strict=True)
         ]
         sum(f.square().mean() for f in features).backward()
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -84,7 +85,10 @@ def test_classifier_api():
 
 def test_feature_info_and_out_indices():
     model = small_variant("dat_base", features_only=True, out_indices=(1, 3))
-    assert [(i.channels, i.stride, i.index) for i in model.feature_info] == [(64, 8, 1), (256, 32, 3)]
+    info = model.feature_info
+    assert (info.channels(), info.reduction(), info.module_name()) == ([64, 256], [8, 32], ["stages.1", "stages.3"])
+    assert info.out_indices == (1, 3) and len(info) == 4  # timm's FeatureInfo describes every stage
+    assert small_variant("dat_base").feature_info[1] == dict(num_chs=64, reduction=8, module="stages.1")
     assert len(model(torch.randn(1, 3, 64, 64))) == 2
     with pytest.raises(ValueError, match="out_indices"):
         small_variant("dat_base", features_only=True, out_indices=(4,))

@@ -1,4 +1,6 @@
-"""ResNet-50/101: torchvision and official Deformable DETR names and counts, frozen norms and stages, features."""
+"""ResNet-50/101 (torchvision's, wrapped): official Deformable DETR names and counts, torchvision's and timm's
+outputs for the same weights, frozen norms and stages, timm's feature_info / forward_intermediates contract,
+gradient checkpointing."""
 
 import json
 import logging
@@ -6,13 +8,17 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import torchvision
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 import deformvision as dv
 from deformvision.models import load_checkpoint
 from deformvision.models._checkpoint import check_state_dict
-from deformvision.models.resnet import FrozenBatchNorm2d, ResNet, resnet50, resnet101
+from deformvision.models.resnet import ResNet, resnet50, resnet101
 
 KEYS_FILE = Path(__file__).parents[1] / "fixtures" / "ddetr_r50_keys.json"
 PREFIX = "backbone.0.body."
@@ -38,7 +44,7 @@ def randomize_norms(model: nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d | FrozenBatchNorm2d):
-                n = module.num_features
+                n = module.running_mean.numel()
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
@@ -54,6 +60,18 @@ def official_backbone_keys() -> list[dict]:
 @pytest.fixture(scope="module")
 def backbone() -> ResNet:
     return resnet50(features_only=True, out_indices=(1, 2, 3))
+
+
+def torchvision_resnet50(dilation: bool = False) -> nn.Module:
+    """torchvision's own classifier (BatchNorm2d, eval mode) with random non-trivial norms, float64."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, dilation])
+    randomize_norms(model)
+    return model.double().eval()
+
+
+def assert_close_f64(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,23 +128,34 @@ def test_classifier_counts_equal_torchvision(name):
         assert num_params(resnet101(features_only=True)) == without_fc - 2 * norm_channels == 42_394_816
 
 
-def test_torchvision_checkpoint_loads_into_frozen_backbone(tmp_path):
-    classifier = resnet50()  # BatchNorm2d, fc, num_batches_tracked: a torchvision resnet50-*.pth
-    randomize_norms(classifier)
+@pytest.mark.parametrize("dilation", [False, True], ids=["C5", "DC5"])
+def test_torchvision_checkpoint_gives_torchvision_features(tmp_path, dilation):
+    """A torchvision resnet50-*.pth (BatchNorm2d, fc, num_batches_tracked) in our frozen backbone: the maps of
+    torchvision's own model (eval mode) with the same weights, in train mode too (frozen norms)."""
+    reference = torchvision_resnet50(dilation)
     path = tmp_path / "resnet50-tv.pth"
-    torch.save(classifier.state_dict(), path)
-    assert any(k.endswith("num_batches_tracked") for k in classifier.state_dict())
-    backbone = resnet50(features_only=True, out_indices=(1, 2, 3))
+    torch.save(reference.state_dict(), path)
+    assert any(k.endswith("num_batches_tracked") for k in reference.state_dict())
+    backbone = resnet50(features_only=True, out_indices=(0, 1, 2, 3), dilation=dilation)
     load_checkpoint(backbone, path)  # strict: every key of the model filled
+    backbone.double().train()
 
-    classifier.double().eval()
-    backbone.double().train()  # FrozenBatchNorm2d behaves like eval-mode BatchNorm2d in train mode too
     x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
+    extractor = create_feature_extractor(reference, return_nodes=[f"layer{i}" for i in range(1, 5)])
     with torch.no_grad():
-        expected = classifier.forward_stages(x)
+        expected = list(extractor(x).values())
         features = backbone(x)
-    for i, feature in zip(backbone.out_indices, features, strict=True):
-        torch.testing.assert_close(feature, expected[i], rtol=1e-10, atol=1e-10 * expected[i].abs().max().item())
+    for feature, ref in zip(features, expected, strict=True):
+        assert_close_f64(feature, ref)
+
+
+def test_classifier_logits_equal_torchvision():
+    reference = torchvision_resnet50()
+    model = resnet50().double().eval()
+    model.load_state_dict(model.checkpoint_filter(reference.state_dict()))
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_f64(model(x), reference(x))
 
 
 def test_frozen_checkpoint_into_classifier_keeps_own_head(caplog):
@@ -148,16 +177,10 @@ def test_truncated_backbone_drops_unbuilt_stages():
 # Frozen norms and stages
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_frozen_batchnorm_equals_batchnorm_eval(dtype):
-    frozen, reference = FrozenBatchNorm2d(16), nn.BatchNorm2d(16)
-    randomize_norms(frozen)
-    reference.load_state_dict({**frozen.state_dict(), "num_batches_tracked": torch.tensor(0)})
-    frozen, reference = frozen.to(dtype), reference.to(dtype).eval()
-    x = torch.randn(2, 16, 5, 7, dtype=dtype) * 3
-    tolerance = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-    torch.testing.assert_close(frozen(x), reference(x), **tolerance)
-    assert list(frozen.parameters()) == [] and len(list(frozen.buffers())) == 4
+def test_detection_backbone_uses_torchvision_frozen_batchnorm(backbone):
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)]
+    assert len(norms) == 53 and all(isinstance(m, FrozenBatchNorm2d) and m.eps == 1e-5 for m in norms)
+    assert not any(k.endswith("num_batches_tracked") for k in backbone.state_dict())
 
 
 def test_frozen_stages_get_no_gradients(backbone):
@@ -201,22 +224,23 @@ def all_stages(request) -> ResNet:
 
 @pytest.mark.parametrize("size", [(64, 64), (100, 75)])
 def test_features_only_shapes_and_strides(all_stages, size):
-    model, dilation = all_stages, all_stages.feature_info[-1].stride == 16
-    strides = [4, 8, 16, 16 if dilation else 32]
-    assert [(i.channels, i.stride, i.index) for i in model.feature_info] == [
-        (256, strides[0], 0), (512, strides[1], 1), (1024, strides[2], 2), (2048, strides[3], 3)
-    ]  # fmt: skip
+    model, info = all_stages, all_stages.feature_info
+    dilation = info.reduction()[-1] == 16
+    assert isinstance(info, timm.models.FeatureInfo) and info.out_indices == (0, 1, 2, 3)
+    assert info.channels() == [256, 512, 1024, 2048]
+    assert info.reduction() == [4, 8, 16, 16 if dilation else 32]
+    assert info.module_name() == ["layer1", "layer2", "layer3", "layer4"]
     with torch.no_grad():
         features = model(torch.randn(1, 3, *size))
     h, w = size
     # every stride-2 layer rounds up (conv1, maxpool, then the 3x3 of the first block of layer2-4)
     assert [tuple(f.shape) for f in features] == [
-        (1, info.channels, math.ceil(h / info.stride), math.ceil(w / info.stride)) for info in model.feature_info
+        (1, c, math.ceil(h / r), math.ceil(w / r)) for c, r in zip(info.channels(), info.reduction(), strict=True)
     ]
 
 
 def test_dilated_c5_layout(all_stages):
-    dilation = all_stages.feature_info[-1].stride == 16
+    dilation = all_stages.feature_info.reduction()[-1] == 16
     block0, block1 = all_stages.layer4[0], all_stages.layer4[1]
     assert block0.conv2.stride == block0.downsample[0].stride == ((1, 1) if dilation else (2, 2))
     assert block0.conv2.dilation == (1, 1)  # the first block keeps the dilation of the previous stage
@@ -225,8 +249,10 @@ def test_dilated_c5_layout(all_stages):
 
 def test_out_indices_order_and_validation(backbone):
     model = resnet50(features_only=True, out_indices=(3, 1))
-    assert [i.index for i in model.feature_info] == [3, 1]
-    assert [f.shape[1] for f in model(torch.randn(1, 3, 64, 64))] == [2048, 512]
+    info = model.feature_info
+    assert (info.channels(), info.reduction(), info.module_name()) == ([2048, 512], [32, 8], ["layer4", "layer2"])
+    assert len(info) == 4  # timm's FeatureInfo: len counts every stage, not the returned ones
+    assert [f.shape[1] for f in model(torch.randn(1, 3, 64, 64))] == info.channels()
     for bad in [(), (1, 1), (4,)]:
         with pytest.raises(ValueError, match="out_indices"):
             resnet50(features_only=True, out_indices=bad)
@@ -234,6 +260,101 @@ def test_out_indices_order_and_validation(backbone):
         backbone.forward_features(torch.randn(1, 3, 64, 64))
 
 
+# --------------------------------------------------------------------------------------------------
+# timm's contract, against timm's own resnet50 with the same weights (timm counts the stem as index 0)
+
+
+@pytest.fixture(scope="module")
+def ours_and_timm() -> tuple[ResNet, nn.Module]:
+    reference = timm.create_model("resnet50", pretrained=False)
+    randomize_norms(reference)
+    model = resnet50()
+    model.load_state_dict(model.checkpoint_filter(reference.state_dict()))  # torchvision's names = timm's
+    return model.double().eval(), reference.double().eval()
+
+
+def test_feature_info_equals_timm(ours_and_timm):
+    model, reference = ours_and_timm
+    assert model.feature_info == reference.feature_info[1:]  # timm's index 0 is the stem
+    dc5 = timm.create_model("resnet50", pretrained=False, output_stride=16)
+    assert resnet50(dilation=True).feature_info == dc5.feature_info[1:]
+    features = timm.create_model("resnet50", pretrained=False, features_only=True, out_indices=(2, 4, 3))
+    info = resnet50(features_only=True, out_indices=(1, 3, 2)).feature_info
+    for key in ("channels", "reduction", "module_name"):
+        assert getattr(info, key)() == getattr(features.feature_info, key)(), key
+
+
+@pytest.mark.parametrize(
+    ("indices", "timm_indices"), [(None, [1, 2, 3, 4]), (2, 2), ([0, 2], [1, 3]), ([-1, 1], [-1, 2]), ((1,), [2])]
+)
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_forward_intermediates_equal_timm(ours_and_timm, indices, timm_indices, stop_early):
+    model, reference = ours_and_timm
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x, indices, stop_early=stop_early)
+        ref_final, ref_maps = reference.forward_intermediates(x, timm_indices, stop_early=stop_early)
+        only = model.forward_intermediates(x, indices, stop_early=stop_early, intermediates_only=True)
+    assert len(maps) == len(ref_maps) == len(only)
+    for ours, ref, ours_only in zip(maps, ref_maps, only, strict=True):
+        assert_close_f64(ours, ref)
+        assert torch.equal(ours_only, ours)
+    assert_close_f64(final, ref_final)
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_prune_intermediate_layers(ours_and_timm):
+    model, _ = ours_and_timm
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, intermediates_only=True)
+    pruned = resnet50().double().eval()
+    pruned.load_state_dict(model.state_dict())
+    assert pruned.prune_intermediate_layers([0, 2]) == [0, 2]
+    assert not hasattr(pruned, "layer4") and isinstance(pruned.fc, nn.Identity) and pruned.num_features == 1024
+    with torch.no_grad():
+        pooled = pruned.forward_head(pruned.forward_features(x), pre_logits=True)
+        assert_close_f64(pooled, expected[2].mean((2, 3)))
+        final, maps = pruned.forward_intermediates(x, [0, 2])
+    assert torch.equal(final, expected[2])
+    assert all(torch.equal(a, expected[i]) for a, i in zip(maps, [0, 2], strict=True))
+    with pytest.raises(ValueError, match="not built"):
+        pruned.forward_intermediates(x, [3])
+    with pytest.raises(ValueError, match="out_indices"):
+        resnet50(features_only=True, out_indices=(1, 3)).prune_intermediate_layers([0, 1])
+
+
+def test_classifier_contract():
+    model = resnet50(num_classes=5)
+    assert model.no_weight_decay() == set() and model.num_features == 2048
+    assert model.get_classifier() is model.fc and model.fc.out_features == 5
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity)
+
+
+@pytest.mark.parametrize("features_only", [True, False], ids=["frozen_backbone", "batchnorm_classifier"])
+def test_grad_checkpointing_gives_the_same_gradients(features_only):
+    torch.manual_seed(0)
+    model = resnet50(features_only=True, out_indices=(1, 2, 3)) if features_only else resnet50(num_classes=4)
+    model.double().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+
+    def gradients(enable: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(enable)
+        out = model(x)
+        loss = sum(f.square().mean() for f in out) if features_only else out.logsumexp(-1).sum()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) == (42 if features_only else 161)  # trainable tensors
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-9, atol=1e-9 * grad.abs().max().item(), msg=name)
+
+
 def test_registry():
     assert {"resnet50", "resnet101"} <= set(dv.list_models("resnet*"))
     assert isinstance(dv.create_model("resnet50", features_only=True), ResNet)
+    assert type(timm.create_model("resnet50", pretrained=False)).__module__ == "timm.models.resnet"  # not ours

@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs
+from timm.models import FeatureInfo, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
-from deformvision.models._features import FeatureInfo
 from deformvision.models._registry import build_model, register_model
 
 logger = logging.getLogger(__name__)
@@ -214,10 +213,10 @@ class DAT(nn.Module):
             downsample = PatchEmbed(dims[i - 1], dims[i], 2, bias=False) if i > 0 else None
             stages.append(Stage(downsample, blocks))
         self.stages = nn.ModuleList(stages)
-        self.feature_info = [FeatureInfo(dims[i], patch_size * 2**i, i) for i in range(4)]
+        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"stages.{i}") for i in range(4)]
 
         if features_only:
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.feature_info = FeatureInfo(self.feature_info, self.out_indices)
             self.feature_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices})
         else:
             self.norm = nn.LayerNorm(dims[-1])
@@ -227,7 +226,7 @@ class DAT(nn.Module):
     # ----------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         in_chans = self.stem.proj.in_channels
-        min_side = self.feature_info[-1].stride if self.features_only else 32
+        min_side = max(self.feature_info.reduction()) if self.features_only else 32
         if x.ndim != 4 or x.shape[1] != in_chans:
             raise ValueError(f"expected input of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
         if min(x.shape[2:]) < min_side:

@@ -6,14 +6,15 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
+from timm.models import FeatureInfo
 from torch import nn
 
 from deformvision.layers.ms_deform_attn import directional_offset_bias
 from deformvision.models import create_model, list_models
 from deformvision.models._checkpoint import check_state_dict, load_checkpoint
-from deformvision.models._features import FeatureInfo
 from deformvision.models.deformable_detr import DeformableDETR, pad_images
 
 KEYS = Path(__file__).parents[2] / "fixtures" / "ddetr_r50_keys.json"
@@ -26,9 +27,11 @@ VARIANT_FLAGS = {
 
 
 class TinyBackbone(nn.Module):
-    """Two maps (strides 8 and 16) following the ``features_only`` contract."""
+    """Two maps (strides 8 and 16) following timm's ``features_only`` contract."""
 
-    feature_info = [FeatureInfo(8, 8, 0), FeatureInfo(16, 16, 1)]
+    feature_info = FeatureInfo(
+        [dict(num_chs=8, reduction=8, module="stem"), dict(num_chs=16, reduction=16, module="down")], out_indices=(0, 1)
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -288,10 +291,21 @@ def test_registered_resnet_variants_run_small(name):
 
 def test_dat_tiny_backbone_forward_backward():
     model = create_model("deformable_detr_dat_tiny", num_classes=4, num_queries=6, **SMALL)
-    assert [f.stride for f in model.backbone.feature_info] == [8, 16, 32]
+    assert model.backbone.feature_info.reduction() == [8, 16, 32]
     out = model(torch.randn(2, 3, 128, 160))
     assert out["pred_logits"].shape == (2, 6, 4)
     loss = out["pred_logits"].sum() + out["pred_boxes"].sum() + sum(a["pred_boxes"].sum() for a in out["aux_outputs"])
     loss.backward()
     assert model.backbone.stem.proj.weight.grad is not None
     assert model.transformer.encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def test_timm_features_only_backbone():
+    """A timm ``features_only`` model is a backbone as it is (its FeatureInfo gives the map channels)."""
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(2, 3, 4))
+    model = DeformableDETR(backbone, 3, num_queries=5, num_feature_levels=4, **SMALL).eval()
+    assert [proj[0].in_channels for proj in model.input_proj] == [128, 256, 512, 512]
+    with torch.no_grad():
+        out = model([torch.randn(3, 64, 80), torch.randn(3, 48, 96)])
+    assert out["pred_logits"].shape == (2, 5, 3) and torch.isfinite(out["pred_boxes"]).all()

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from timm.models import FeatureInfo
 from torch import nn
 
 from deformvision.models._checkpoint import load_checkpoint
-from deformvision.models._features import FeatureInfo
 from deformvision.models.deformable_detr import DeformableDETR, HungarianMatcher, SetCriterion
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "detr"
@@ -30,7 +30,13 @@ F64_ATOL = {"multi_scale": 1e-12, "box_refine": 1e-12, "two_stage": 1e-6}
 class StandInBackbone(nn.Module):
     """The fixture's backbone: no parameters, only the ``feature_info`` contract (maps are given)."""
 
-    feature_info = [FeatureInfo(16, 8, 1), FeatureInfo(24, 16, 2), FeatureInfo(40, 32, 3)]
+    feature_info = FeatureInfo(
+        [
+            dict(num_chs=c, reduction=r, module=f"stages.{i}")
+            for i, (c, r) in enumerate([(8, 4), (16, 8), (24, 16), (40, 32)])
+        ],
+        out_indices=(1, 2, 3),
+    )  # stage 0 is not returned
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError("the golden tensors provide the backbone maps")

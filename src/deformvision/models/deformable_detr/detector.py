@@ -65,11 +65,12 @@ def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 class DeformableDETR(nn.Module):
     """Deformable DETR (Zhu et al., ICLR 2021), with optional box refinement and two-stage queries.
 
-    Pipeline: backbone maps (``features_only`` contract: ``forward`` returns NCHW maps, ``feature_info`` their
-    channels and strides) -> per map ``Conv1x1 + GroupNorm(32)`` to ``d_model`` -> extra levels up to
-    ``num_feature_levels`` by ``Conv3x3 stride 2 + GroupNorm(32)`` (the first on the raw last backbone map,
-    later ones on the previous extra level) -> per level the image mask resized by nearest neighbour, a sine
-    position encoding (``d_model / 2`` frequencies per axis) -> :class:`DeformableTransformer` -> heads.
+    Pipeline: backbone maps (timm's ``features_only`` contract: ``forward`` returns NCHW maps, ``feature_info``
+    is a :class:`timm.models.FeatureInfo` whose ``channels()`` describe them) -> per map ``Conv1x1 +
+    GroupNorm(32)`` to ``d_model`` -> extra levels up to ``num_feature_levels`` by ``Conv3x3 stride 2 +
+    GroupNorm(32)`` (the first on the raw last backbone map, later ones on the previous extra level) -> per
+    level the image mask resized by nearest neighbour, a sine position encoding (``d_model / 2`` frequencies
+    per axis) -> :class:`DeformableTransformer` -> heads.
 
     Heads: ``class_embed`` (Linear to ``num_classes`` sigmoid logits, no "no object" class) and ``bbox_embed``
     (3-layer MLP to box offsets in logit space). Without box refinement one head of each is shared by all
@@ -82,7 +83,8 @@ class DeformableDETR(nn.Module):
     :meth:`DeformableTransformer.reset_parameters`.
 
     Args:
-        backbone: a ``features_only`` model.
+        backbone: a ``features_only`` model: ours (``resnet50``, ``dat_tiny``) or a timm one
+            (``timm.create_model(..., features_only=True)``).
         num_classes: class logits ``K``.
         num_queries: object queries (two-stage: proposals kept).
         num_feature_levels: levels given to the transformer, at least the number of backbone maps.
@@ -121,11 +123,11 @@ class DeformableDETR(nn.Module):
         super().__init__()
         if two_stage and not with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the official two-stage model refines boxes)")
-        feature_info = list(backbone.feature_info)
-        if num_feature_levels < len(feature_info):
+        channels = backbone.feature_info.channels()  # of the returned maps (len(feature_info) counts all stages)
+        if num_feature_levels < len(channels):
             raise ValueError(
                 f"num_feature_levels ({num_feature_levels}) must be at least the number of backbone maps "
-                f"({len(feature_info)}); build the backbone with fewer out_indices"
+                f"({len(channels)}); build the backbone with fewer out_indices"
             )
         if d_model % 32:
             raise ValueError(f"d_model must be divisible by 32 (GroupNorm(32) in the input projections), got {d_model}")
@@ -140,11 +142,9 @@ class DeformableDETR(nn.Module):
             d_model, nheads, enc_layers, dec_layers, dim_feedforward, dropout, num_feature_levels,
             enc_n_points, dec_n_points, box_refine=with_box_refine, two_stage=two_stage, num_proposals=num_queries,
         )  # fmt: skip
-        projections = [
-            nn.Sequential(nn.Conv2d(f.channels, d_model, 1), nn.GroupNorm(32, d_model)) for f in feature_info
-        ]
-        in_channels = feature_info[-1].channels
-        for _ in range(num_feature_levels - len(feature_info)):
+        projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
+        in_channels = channels[-1]
+        for _ in range(num_feature_levels - len(channels)):
             projections.append(
                 nn.Sequential(nn.Conv2d(in_channels, d_model, 3, stride=2, padding=1), nn.GroupNorm(32, d_model))
             )
@@ -180,8 +180,9 @@ class DeformableDETR(nn.Module):
         ``mask``: ``(B, H, W)`` bool, True = padding, at the input resolution; every level's mask is it resized
         by nearest neighbour (:func:`mask_to_level`), extra levels included.
         """
-        if len(features) != len(self.backbone.feature_info):
-            raise ValueError(f"expected {len(self.backbone.feature_info)} backbone maps, got {len(features)}")
+        num_maps = len(self.backbone.feature_info.channels())
+        if len(features) != num_maps:
+            raise ValueError(f"expected {num_maps} backbone maps, got {len(features)}")
         srcs = [proj(feat) for proj, feat in zip(self.input_proj[: len(features)], features, strict=True)]
         for level in range(len(features), self.num_feature_levels):
             srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
