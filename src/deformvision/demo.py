@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torchvision.ops import box_convert
 
 from deformvision.data import build_digits_detection
 from deformvision.data._image import load_rgb
@@ -46,7 +47,6 @@ from deformvision.engine.detection import DetectionTask
 from deformvision.engine.optim import build_optimizer
 from deformvision.engine.trainer import FINAL_WEIGHTS, seed_everything
 from deformvision.models.deformable_detr import DeformableDETR
-from deformvision.ops.boxes import box_cxcywh_to_xyxy
 from deformvision.predict import RUN_CONFIG, Predictor, predict_files
 from deformvision.viz import (
     add_title,
@@ -211,7 +211,7 @@ def sampling_points_figure(
     ranked = scores.argsort(descending=True)
     queries = [q for q in ranked[:max_queries].tolist() if scores[q] >= score_threshold] or ranked[:1].tolist()
     size = torch.tensor([shown.width, shown.height] * 2, dtype=torch.float32)
-    boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"][0, queries].float()) * size
+    boxes = box_convert(outputs["pred_boxes"][0, queries].float(), in_fmt="cxcywh", out_fmt="xyxy") * size
     panels = [add_title(draw_detections(shown, boxes, labels[queries], scores[queries], class_names, scale=scale),
                         f"detections (score >= {score_threshold:g}, else the best)")]  # fmt: skip
     for block in dat_sampling_points(model.backbone, x):

@@ -1,23 +1,13 @@
-"""Differentiable primitives with no module state: deformable sampling ops and box utilities."""
+"""Differentiable primitives with no module state: the deformable sampling ops.
 
-from deformvision.ops.boxes import (
-    box_area,
-    box_cxcywh_to_xyxy,
-    box_iou,
-    box_xyxy_to_cxcywh,
-    generalized_box_iou,
-    inverse_sigmoid,
-)
+Box utilities (format conversion, area, IoU, generalized IoU, NMS) are torchvision's
+(:mod:`torchvision.ops`).
+"""
+
 from deformvision.ops.deform_conv import deform_conv2d
 from deformvision.ops.ms_deform_attn import ms_deform_attn
 
 __all__ = [
-    "box_area",
-    "box_cxcywh_to_xyxy",
-    "box_iou",
-    "box_xyxy_to_cxcywh",
-    "generalized_box_iou",
-    "inverse_sigmoid",
     "deform_conv2d",
     "ms_deform_attn",
 ]

@@ -219,3 +219,14 @@ def test_invalid_arguments():
     outputs, targets = random_problem([1], seed=6)
     with pytest.raises(ValueError, match="classes"):
         SetCriterion(4, HungarianMatcher(), {})(outputs, targets)
+
+
+def test_giou_loss_rejects_degenerate_boxes():
+    """The box loss checks what it gives torchvision's generalized_box_iou (which does not), with given indices."""
+    outputs, targets = random_problem([2], seed=8)
+    indices = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    criterion = SetCriterion(3, HungarianMatcher(), {})
+    assert torch.isfinite(criterion.loss_boxes(outputs, targets, indices, 2.0)["loss_giou"])
+    targets[0]["boxes"][1, 2] = -0.05  # negative width
+    with pytest.raises(ValueError, match="target boxes has 1 degenerate box"):
+        criterion.loss_boxes(outputs, targets, indices, 2.0)

@@ -1,4 +1,4 @@
-"""HungarianMatcher: official matchings on the golden outputs, optimality, batching, empty targets."""
+"""HungarianMatcher: official matchings on the golden outputs, optimality, batching, empty targets, bad boxes."""
 
 import itertools
 from pathlib import Path
@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from deformvision.models.deformable_detr.matcher import HungarianMatcher
-from deformvision.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "detr"
 VARIANTS = ["multi_scale", "box_refine", "two_stage"]
@@ -71,7 +70,9 @@ def test_cost_matrix_entry_by_hand():
     p = torch.sigmoid(torch.tensor(-1.2, dtype=torch.float64))
     focal = 0.25 * (1 - p) ** 2 * -torch.log(p + 1e-8) - 0.75 * p**2 * -torch.log(1 - p + 1e-8)
     l1 = 0.05 + 0.1 + 0.1 + 0.1
-    giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))[0, 0]
+    # xyxy (0.4, 0.3, 0.6, 0.7) vs (0.3, 0.45, 0.6, 0.75): intersection 0.2 x 0.25, union 0.08 + 0.09 - 0.05,
+    # hull 0.3 x 0.45
+    giou = 0.05 / 0.12 - (0.135 - 0.12) / 0.135
     torch.testing.assert_close(cost, (5 * l1 + 2 * focal - 3 * giou).reshape(1, 1))
 
 
@@ -132,3 +133,19 @@ def test_invalid_arguments():
     outputs, targets = random_problem([1, 1], seed=6)
     with pytest.raises(ValueError, match="batch"):
         HungarianMatcher()(outputs, targets[:1])
+
+
+@pytest.mark.parametrize(
+    ("where", "box"),
+    [("target", [0.5, 0.5, -0.1, 0.2]), ("target", [0.5, 0.5, 0.2, -0.1]), ("pred", [0.5, 0.5, float("nan"), 0.2])],
+)
+def test_degenerate_boxes_raise(where, box):
+    """torchvision's generalized_box_iou does not check its boxes; the matcher does, naming the culprit."""
+    outputs, targets = random_problem([2], seed=7)
+    if where == "target":
+        targets[0]["boxes"][1] = torch.tensor(box, dtype=torch.float64)
+    else:
+        outputs["pred_boxes"][0, 3] = torch.tensor(box, dtype=torch.float64)
+    name = "target boxes" if where == "target" else "pred_boxes"
+    with pytest.raises(ValueError, match=f"{name} has 1 degenerate box"):
+        HungarianMatcher()(outputs, targets)

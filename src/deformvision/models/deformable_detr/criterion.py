@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou
 
-from deformvision.models.deformable_detr.matcher import HungarianMatcher
-from deformvision.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from deformvision.models.deformable_detr.matcher import HungarianMatcher, checked_xyxy
 
 Indices = list[tuple[Tensor, Tensor]]
 
@@ -186,7 +186,9 @@ class SetCriterion(nn.Module):
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
         target_boxes = target_boxes.to(boxes)
         loss_bbox = F.l1_loss(boxes, target_boxes, reduction="none").sum() / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)))
+        giou = torch.diag(
+            generalized_box_iou(checked_xyxy(boxes, "pred_boxes"), checked_xyxy(target_boxes, "target boxes"))
+        )
         loss_giou = (1 - giou).sum() / num_boxes
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 

@@ -3,8 +3,31 @@
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou
 
-from deformvision.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+
+def checked_xyxy(boxes: Tensor, name: str) -> Tensor:
+    """``(N, 4)`` ``(cx, cy, w, h)`` boxes -> ``(N, 4)`` ``(x0, y0, x1, y1)`` (:func:`torchvision.ops.box_convert`).
+
+    torchvision's :func:`~torchvision.ops.generalized_box_iou` does not validate its input: a box with
+    ``x1 < x0`` or ``y1 < y0`` gives wrong values silently and NaN coordinates propagate. Predictions
+    and targets are therefore checked where they enter the GIoU (the matcher's cost, the GIoU loss).
+
+    Raises:
+        ValueError: ``boxes`` is not ``(N, 4)``, or a box has a negative width or height or a NaN
+            coordinate. The check reads the values (a device sync on GPU).
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must be (N, 4) (cx, cy, w, h) boxes, got shape {tuple(boxes.shape)}")
+    xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+    valid = xyxy[:, 2:] >= xyxy[:, :2]  # False for x1 < x0, y1 < y0 and NaN
+    if not bool(valid.all()):
+        bad = (~valid.all(dim=1)).nonzero()[:, 0]
+        raise ValueError(
+            f"{name} has {bad.numel()} degenerate box(es) (negative width or height, or NaN), e.g. index "
+            f"{int(bad[0])}: {boxes[bad[0]].tolist()}; boxes must be (cx, cy, w, h) with w >= 0, h >= 0"
+        )
+    return xyxy
 
 
 class HungarianMatcher(nn.Module):
@@ -73,7 +96,7 @@ class HungarianMatcher(nn.Module):
         cost_class = pos_cost[:, target_labels] - neg_cost[:, target_labels]
         target_boxes = target_boxes.to(boxes.dtype)
         cost_bbox = torch.cdist(boxes, target_boxes, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
+        cost_giou = -generalized_box_iou(checked_xyxy(boxes, "pred_boxes"), checked_xyxy(target_boxes, "target boxes"))
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()

@@ -4,8 +4,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-
-from deformvision.ops.boxes import box_cxcywh_to_xyxy
+from torchvision.ops import box_convert
 
 
 class PostProcess(nn.Module):
@@ -58,7 +57,7 @@ class PostProcess(nn.Module):
         scores, flat_index = logits.sigmoid().flatten(1).topk(min(self.num_select, num_queries * num_classes), dim=1)
         query = torch.div(flat_index, num_classes, rounding_mode="floor")
         labels = flat_index % num_classes
-        xyxy = box_cxcywh_to_xyxy(boxes).gather(1, query[..., None].expand(-1, -1, 4))
+        xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy").gather(1, query[..., None].expand(-1, -1, 4))
         height, width = sizes.unbind(1)
         scale = torch.stack((width, height, width, height), dim=1).to(xyxy.dtype)
         xyxy = xyxy * scale[:, None, :]

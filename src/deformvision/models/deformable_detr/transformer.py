@@ -25,9 +25,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision.layers.ms_deform_attn import MSDeformAttn
-from deformvision.ops.boxes import inverse_sigmoid
 
 Shapes = list[tuple[int, int]]
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Logit of ``x`` as Deformable DETR computes it: ``log(max(x, eps) / max(1 - x, eps))``.
+
+    ``x`` is clamped to ``[0, 1]`` first, so the result is finite and bounded by ``|log(eps)|``
+    (about 11.5 for the default ``eps``); :func:`torch.logit` with ``eps`` clamps ``x`` itself to
+    ``[eps, 1 - eps]``, which rounds differently.
+    """
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def valid_ratios(mask: Tensor) -> Tensor:
