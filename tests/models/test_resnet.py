@@ -358,3 +358,5 @@ def test_registry():
     assert {"resnet50", "resnet101"} <= set(dv.list_models("resnet*"))
     assert isinstance(dv.create_model("resnet50", features_only=True), ResNet)
     assert type(timm.create_model("resnet50", pretrained=False)).__module__ == "timm.models.resnet"  # not ours
+    with pytest.raises(ValueError, match="checkpoint="):
+        dv.create_model("resnet50", pretrained=True)  # no published weights of ours

@@ -305,16 +305,27 @@ class ResNet(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Registered variants (torchvision's resnet50 / resnet101; 1000-class heads by default). Registered in
-# deformvision's registry only: timm has its own resnet50.
+# deformvision's registry only: timm has its own resnet50. No published weights of ours (no pretrained
+# cfg): torchvision's ImageNet files load with ``create_model(name, checkpoint=path)``.
+
+
+def _check_no_pretrained(name: str, pretrained: bool) -> None:
+    if pretrained:
+        raise ValueError(
+            f"{name} has no published deformvision weights; load torchvision's ImageNet weights with "
+            f"create_model({name!r}, checkpoint='{name}-*.pth')"
+        )
 
 
 @register_model
-def resnet50(**kwargs) -> ResNet:
+def resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-50: 25.6M parameters (23.5M without ``fc``), 4.1 GMACs at 224."""
+    _check_no_pretrained("resnet50", pretrained)
     return ResNet("resnet50", **kwargs)
 
 
 @register_model
-def resnet101(**kwargs) -> ResNet:
+def resnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-101: 44.5M parameters (42.5M without ``fc``), 7.8 GMACs at 224."""
+    _check_no_pretrained("resnet101", pretrained)
     return ResNet("resnet101", **kwargs)
