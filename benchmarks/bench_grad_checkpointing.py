@@ -1,18 +1,23 @@
-"""Training memory and time with and without ``set_grad_checkpointing()``, side by side.
+"""Peak memory and time of one backbone forward + backward, with and without gradient checkpointing.
 
-Prints a markdown table: for each model, one forward+backward step (median of ``--repeats`` after a
-warm-up) and the peak memory it needs (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak
-resident memory above what the process held before the warm-up step, each row in a fresh subprocess
-so rows do not share a peak). The gradients themselves are equal (tests/models/test_dat_timm.py,
-tests/models/test_resnet.py).
+Works for every model with ``set_grad_checkpointing`` (``dat_tiny``..., ``resnet50``...); the gradients
+are the same either way (tests/models/test_dat_timm.py, tests/models/test_resnet.py).
 
-    python benchmarks/bench_grad_checkpointing.py --models dat_tiny resnet50 --batch 8 --size 224
+Each setting runs in a fresh subprocess. On CUDA the peak is ``torch.cuda.max_memory_allocated``
+during the step over the memory allocated before it; on CPU it is the process's peak resident set size
+(``ru_maxrss``) over its resident set once the model and input are built, with glibc told to return
+every block over 64 KiB to the system when freed (``MALLOC_MMAP_THRESHOLD_``), so that the resident
+set follows the live tensors. The forward pass also reports the bytes autograd saves for backward.
+
+    python benchmarks/bench_grad_checkpointing.py --model resnet50 --size 800x1216 --batch 1
+    python benchmarks/bench_grad_checkpointing.py --model resnet50 --classifier --size 224x224 --batch 16
+    python benchmarks/bench_grad_checkpointing.py --model dat_tiny --classifier --size 224x224 --batch 8
 """
 
 import argparse
 import json
+import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -22,67 +27,72 @@ import torch
 import deformvision as dv
 
 
-def measure(name: str, checkpointing: bool, batch: int, size: int, device: str, repeats: int) -> dict:
+def resident_bytes() -> int:
+    """The current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_one(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    model = dv.create_model(name).to(device).train()
-    if checkpointing:
-        model.set_grad_checkpointing()
-    x = torch.randn(batch, 3, size, size, device=device)
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        model(x).float().square().mean().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    # the baseline is the model and the input; the peak adds activations and gradients (equal in size either way)
-    if device == "cuda":
+    h, w = (int(v) for v in args.size.split("x"))
+    kwargs = {"num_classes": 10} if args.classifier else {"features_only": True, "out_indices": (1, 2, 3)}
+    model = dv.create_model(args.model, **kwargs).to(args.device).train()
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    x = torch.randn(args.batch, 3, h, w, device=args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
+        before = torch.cuda.memory_allocated()
     else:
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - baseline
+        before = resident_bytes()
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    loss = out.logsumexp(-1).sum() if args.classifier else sum(f.square().mean() for f in out)
+    loss.backward()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    return {"seconds": statistics.median(times), "peak": peak}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"seconds": time.perf_counter() - start, "peak_bytes": peak, "saved_bytes": sum(saved.values())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["dat_tiny", "resnet50"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="resnet50", choices=dv.list_models("dat_*") + dv.list_models("resnet*"))
+    parser.add_argument("--classifier", action="store_true", help="the classifier instead of the backbone (C3-C5)")
+    parser.add_argument("--size", default="800x1216", help="HxW")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--row", nargs=2, metavar=("MODEL", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    parser.add_argument("--grad-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.row:  # one measurement, in this (fresh) process
-        result = measure(args.row[0], args.row[1] == "1", args.batch, args.size, args.device, args.repeats)
-        print(json.dumps(result))
+    if args.child:
+        print(json.dumps(run_one(args)))
         return
-
-    print(f"device {args.device}, batch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads\n")
-    print("| model | plain ms | checkpointed ms | time ratio | plain peak MiB | checkpointed peak MiB | memory ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in args.models:
-        rows = []
-        for checkpointing in ("0", "1"):
-            command = [sys.executable, __file__, "--row", name, checkpointing, "--batch", str(args.batch),
-                       "--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]  # fmt: skip
-            rows.append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
-        plain, ckpt = rows
+    what = "classifier" if args.classifier else "backbone, stages 1-3 (strides 8-32)"
+    print(f"{args.model} {what}, batch {args.batch} at {args.size}, {args.device}")
+    results = {}
+    for enable in (False, True):
+        command = [sys.executable, __file__, "--child", *sys.argv[1:]] + (["--grad-checkpointing"] if enable else [])
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+        results[enable] = json.loads(output.strip().splitlines()[-1])
+        r = {k: v / 2**20 if k.endswith("bytes") else v for k, v in results[enable].items()}
         print(
-            f"| {name} | {plain['seconds'] * 1e3:.0f} | {ckpt['seconds'] * 1e3:.0f} | "
-            f"{ckpt['seconds'] / plain['seconds']:.2f} | {plain['peak'] / 2**20:.0f} | {ckpt['peak'] / 2**20:.0f} | "
-            f"{ckpt['peak'] / max(plain['peak'], 1):.2f} |"
+            f"  grad checkpointing {'on ' if enable else 'off'}: peak {r['peak_bytes']:6.0f} MiB, saved for backward "
+            f"{r['saved_bytes']:6.0f} MiB, {r['seconds']:.2f} s"
         )
+    saved = 1 - results[True]["peak_bytes"] / results[False]["peak_bytes"]
+    print(f"  peak memory saved: {saved:.0%}")
 
 
 if __name__ == "__main__":

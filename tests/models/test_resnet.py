@@ -358,5 +358,28 @@ def test_registry():
     assert {"resnet50", "resnet101"} <= set(dv.list_models("resnet*"))
     assert isinstance(dv.create_model("resnet50", features_only=True), ResNet)
     assert type(timm.create_model("resnet50", pretrained=False)).__module__ == "timm.models.resnet"  # not ours
-    with pytest.raises(ValueError, match="checkpoint="):
-        dv.create_model("resnet50", pretrained=True)  # no published weights of ours
+
+
+def test_pretrained_torchvision_weights_through_the_download_path(tmp_path):
+    """``pretrained=True`` reads torchvision's ImageNet file (here served from disk) into the backbone."""
+    assert dv.models.get_pretrained_cfg("resnet50").url == torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50().eval()
+    for module in reference.modules():  # non-trivial running statistics, as in a trained network
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    published = tmp_path / "resnet50-published.pth"
+    torch.save(reference.state_dict(), published)
+    backbone = dv.create_model(
+        "resnet50",
+        pretrained=True,
+        features_only=True,
+        out_indices=(3,),
+        pretrained_cfg_overlay={"url": published.as_uri()},
+        cache_dir=tmp_path / "cache",
+    )
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*list(reference.double().children())[:-2])(x)
+        torch.testing.assert_close(backbone.double().eval()(x)[0], expected, rtol=1e-10, atol=1e-10)

@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
-from timm.models import FeatureInfo
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import FeatureInfo, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from deformvision.models._registry import register_model
+from deformvision.models._registry import build_model, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +150,10 @@ class ResNet(nn.Module):
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage (``layer1`` .. ``layer4``) in the backward pass instead of storing its activations.
+        """Recompute each bottleneck block in the backward pass instead of storing its activations.
 
-        Uses :func:`torch.utils.checkpoint.checkpoint` (non-reentrant) per stage while gradients are
-        enabled; the gradients are unchanged. Training BatchNorm (not the frozen ones) sees its stage
+        Uses :func:`torch.utils.checkpoint.checkpoint` (non-reentrant) per block while gradients are
+        enabled (as timm does); the gradients are unchanged. Training BatchNorm (not the frozen ones) sees its stage
         twice, so its running statistics are updated twice per step, as with any checkpointed BatchNorm.
         """
         self.grad_checkpointing = enable
@@ -173,7 +174,8 @@ class ResNet(nn.Module):
         outputs = []
         for stage in self._stages()[:num_stages]:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(stage, x, use_reentrant=False)
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = stage(x)
             outputs.append(x)
@@ -305,27 +307,34 @@ class ResNet(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Registered variants (torchvision's resnet50 / resnet101; 1000-class heads by default). Registered in
-# deformvision's registry only: timm has its own resnet50. No published weights of ours (no pretrained
-# cfg): torchvision's ImageNet files load with ``create_model(name, checkpoint=path)``.
+# deformvision's registry only: timm has its own resnet50. Pretrained weights: torchvision's ImageNet-1k
+# files ("tv_in1k", the IMAGENET1K_V1 weights the official Deformable DETR starts from), located through
+# torchvision's weight enums; their names carry only a digest prefix, so the first download's SHA-256 is
+# recorded and checked afterwards.
 
 
-def _check_no_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError(
-            f"{name} has no published deformvision weights; load torchvision's ImageNet weights with "
-            f"create_model({name!r}, checkpoint='{name}-*.pth')"
-        )
+def _tv_cfg(weights: torchvision.models.WeightsEnum) -> dict:
+    return {
+        "url": weights.url, "num_classes": 1000, "input_size": (3, 224, 224), "crop_pct": 0.875,
+        "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1", "classifier": "fc", "license": "bsd-3-clause",
+        "origin_url": "https://github.com/pytorch/vision",
+    }  # fmt: skip
+
+
+default_cfgs = generate_default_cfgs({
+    "resnet50.tv_in1k": _tv_cfg(torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101.tv_in1k": _tv_cfg(torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+})  # fmt: skip
 
 
 @register_model
 def resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-50: 25.6M parameters (23.5M without ``fc``), 4.1 GMACs at 224."""
-    _check_no_pretrained("resnet50", pretrained)
-    return ResNet("resnet50", **kwargs)
+    return build_model(ResNet, "resnet50", pretrained, **{"arch": "resnet50", **kwargs})
 
 
 @register_model
 def resnet101(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-101: 44.5M parameters (42.5M without ``fc``), 7.8 GMACs at 224."""
-    _check_no_pretrained("resnet101", pretrained)
-    return ResNet("resnet101", **kwargs)
+    return build_model(ResNet, "resnet101", pretrained, **{"arch": "resnet101", **kwargs})
