@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from timm.models import FeatureInfo
 from torch import nn
 
+import deformvision as dv
 from deformvision.layers.ms_deform_attn import directional_offset_bias
 from deformvision.models import create_model, list_models
 from deformvision.models._checkpoint import check_state_dict, load_checkpoint
@@ -309,3 +310,23 @@ def test_timm_features_only_backbone():
     with torch.no_grad():
         out = model([torch.randn(3, 64, 80), torch.randn(3, 48, 96)])
     assert out["pred_logits"].shape == (2, 5, 3) and torch.isfinite(out["pred_boxes"]).all()
+
+
+def test_grad_checkpointing_reaches_the_backbone_and_keeps_gradients():
+    torch.manual_seed(0)
+    model = dv.create_model("deformable_detr_dat_digits", num_classes=3).double()
+    images = [torch.rand(3, 64, 64, dtype=torch.float64), torch.rand(3, 48, 64, dtype=torch.float64)]
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        out = model(images)
+        (out["pred_logits"].square().sum() + out["pred_boxes"].sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.set_grad_checkpointing()
+    assert all(stage.grad_checkpointing for stage in model.backbone.stages)
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-10, atol=1e-12, msg=name)

@@ -217,6 +217,15 @@ class DeformableDETR(nn.Module):
         pos = [self.position_encoding(m, dtype=src.dtype) for m, src in zip(masks, srcs, strict=True)]
         return self.predict(self.run_transformer(srcs, masks, pos))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's blocks in the backward pass instead of storing their activations.
+
+        The backbone's own ``set_grad_checkpointing`` (DAT, ResNet); the transformer is not checkpointed.
+        """
+        if not hasattr(self.backbone, "set_grad_checkpointing"):
+            raise ValueError(f"the backbone {type(self.backbone).__name__} has no set_grad_checkpointing")
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward(self, images: Tensor | Sequence[Tensor], mask: Tensor | None = None) -> dict:
         """Detect objects.
 
