@@ -271,6 +271,8 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
                  if getattr(args, flag, None) is not None]  # fmt: skip
     if getattr(args, "deterministic", False):
         overrides.append("deterministic=true")
+    if getattr(args, "overwrite", False):
+        overrides.append("overwrite=true")
     if args.no_progress:
         overrides.append("log.progress=false")
     return overrides
@@ -322,6 +324,11 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", nargs="?", const="auto", metavar="RUN",
         help="resume from the newest checkpoint of RUN (a run directory or its last_checkpoint.json); "
         "without RUN, or 'auto': from output_dir if it has one, else start fresh",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier run in output_dir (its config, log, checkpoints and weights); without it (and "
+        "without --resume) a run directory that holds a run is refused",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (seed)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (deterministic=true)")

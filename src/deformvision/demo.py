@@ -45,9 +45,10 @@ from deformvision.engine.config import config_from_dict, save_config
 from deformvision.engine.data import EpochSampler, ShardSampler, make_generator
 from deformvision.engine.detection import DetectionTask
 from deformvision.engine.optim import build_optimizer
+from deformvision.engine.run_dir import RUN_CONFIG
 from deformvision.engine.trainer import FINAL_WEIGHTS, seed_everything
 from deformvision.models.deformable_detr import DeformableDETR
-from deformvision.predict import RUN_CONFIG, Predictor, predict_files
+from deformvision.predict import Predictor, predict_files
 from deformvision.viz import (
     add_title,
     dat_sampling_points,

@@ -28,6 +28,7 @@ from deformvision.data import IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
 from deformvision.engine.checkpoint import find_checkpoint
+from deformvision.engine.run_dir import RUN_CONFIG
 from deformvision.engine.trainer import FINAL_WEIGHTS
 from deformvision.models import (
     create_model,
@@ -41,7 +42,6 @@ from deformvision.models.deformable_detr import DeformableDETR, PostProcess
 from deformvision.viz import add_title, draw_detections, enlarge, legible_scale
 
 PREDICTIONS_FILE = "predictions.json"
-RUN_CONFIG = "config.yaml"
 
 
 @dataclass

@@ -76,5 +76,8 @@ def test_resume_mid_epoch_with_another_batch_size_is_refused(reference_run, tmp_
     shutil.copytree(reference_dir, run_dir)
     _point_at(run_dir, 3)
     raw = {**raw, "output_dir": str(run_dir), "resume": str(run_dir), "data": {**raw["data"], "batch_size": 2}}
+    with pytest.raises(ValueError, match="changed: data.batch_size: 4 -> 2"):  # the run's config.yaml says 4
+        Trainer(config_from_dict(raw))
+    (run_dir / "config.yaml").unlink()  # checkpoints alone: the sampler state saved with them refuses it
     with pytest.raises(ValueError, match="cannot resume mid-epoch"):
         Trainer(config_from_dict(raw))

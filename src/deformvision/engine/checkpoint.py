@@ -140,8 +140,14 @@ def find_checkpoint(location: str | Path) -> tuple[Path, Path] | None:
     pointer = location / POINTER if location.is_dir() else location
     if not pointer.is_file():
         return None
-    record = json.loads(pointer.read_text())
-    weights, state = pointer.parent / record["weights"], pointer.parent / record["state"]
+    try:
+        record = json.loads(pointer.read_text())
+        weights, state = pointer.parent / record["weights"], pointer.parent / record["state"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"checkpoint pointer {pointer} is damaged ({type(err).__name__}: {err}); it should be JSON with "
+            f"'weights' and 'state' paths: repair it or point --resume at a checkpoint's files"
+        ) from err
     for path in (weights, state):
         if not path.is_file():
             raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
@@ -149,5 +155,15 @@ def find_checkpoint(location: str | Path) -> tuple[Path, Path] | None:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a ``*.state.pt`` file (tensors and plain Python values only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a ``*.state.pt`` file (tensors and plain Python values only).
+
+    Raises:
+        ValueError: the file is truncated, damaged or not a training state; the message names it.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...: all mean "this file is not usable"
+        raise ValueError(f"cannot read training state {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"training state {path} holds a {type(state).__name__}, expected a dict")
+    return state

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from deformvision.data.transforms_det import COCO_SCALES
+from deformvision.engine.checkpoint import atomic_write
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,7 @@ class TrainConfig:
     amp: str = "none"  # none | auto (bf16 on CUDA, none on CPU) | bf16 | fp16 (CUDA only, with a gradient scaler)
     eval_every: int = 1  # epochs (the last epoch is always evaluated)
     resume: str | None = None  # a run directory, its last_checkpoint.json, or "auto" (output_dir if any)
+    overwrite: bool = False  # replace an earlier run in output_dir (without it, and without resume, refused)
 
 
 _CHOICES = {
@@ -244,8 +246,9 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write ``config`` as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write ``config`` as YAML, atomically (a crash leaves the previous file or the new one)."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _plain(value: Any) -> Any:

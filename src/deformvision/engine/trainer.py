@@ -31,12 +31,13 @@ from deformvision.engine.checkpoint import (
     restore_rng_state,
     save_weights,
 )
-from deformvision.engine.config import TrainConfig, save_config
+from deformvision.engine.config import TrainConfig, config_to_dict, save_config
 from deformvision.engine.data import EpochSampler, ShardSampler, make_generator
 from deformvision.engine.distributed import all_gather_objects, barrier, init_distributed
 from deformvision.engine.ema import ModelEma
 from deformvision.engine.logger import Meters, RunLogger, format_duration
 from deformvision.engine.optim import build_optimizer, build_scheduler
+from deformvision.engine.run_dir import RUN_CONFIG, check_output_dir, check_resumed_config, remove_run
 from deformvision.models import load_checkpoint, read_state_dict
 
 STATE_VERSION = 1
@@ -77,9 +78,8 @@ class Trainer:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.run_dir = Path(config.output_dir)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
+        if self.dist.is_main:  # nothing is written to the run directory before the run is fully set up
+            check_output_dir(self.run_dir, config.resume, config.overwrite)
         self.log = RunLogger(self.run_dir, enabled=self.dist.is_main, progress=config.log.progress)
         self.checkpoints = CheckpointManager(self.run_dir, keep=config.checkpoint.keep)
 
@@ -119,6 +119,12 @@ class Trainer:
         seed_everything(config.seed + self.dist.rank)
         if config.resume is not None:
             self._resume(config.resume)
+        if self.dist.is_main:
+            if config.overwrite:
+                remove_run(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / RUN_CONFIG)
+        barrier()
 
     # ----------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -265,6 +271,9 @@ class Trainer:
             if found is None:
                 raise FileNotFoundError(f"no checkpoint to resume from in {location}")
         weights, state_path = found
+        saved_config = state_path.parent.parent / RUN_CONFIG  # <run>/checkpoints/<step>.state.pt
+        if saved_config.is_file():
+            check_resumed_config(saved_config, config_to_dict(self.config))
         state = load_training_state(state_path)
         self._check_compatible(state, state_path)
         self.model.load_state_dict(read_state_dict(weights))

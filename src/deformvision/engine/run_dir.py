@@ -1,0 +1,104 @@
+"""The rules that keep a run directory's files safe.
+
+A training run writes ``config.yaml``, ``log.jsonl``, ``checkpoints/`` with ``last_checkpoint.json`` and
+the final weights into its ``output_dir``. Nothing of an earlier run there is touched unless the user
+says so:
+
+- a new run (no ``resume``) into a directory that holds a run is refused, unless ``overwrite`` is set,
+  which deletes the earlier run's files, but only once the new run has been fully set up (config,
+  data, model, optimizer);
+- a resumed run must have the configuration it was saved with, apart from the keys that do not change
+  what is trained (:data:`RESUME_SAFE_KEYS`): a changed learning rate or schedule would otherwise be
+  silently replaced by the restored one. The refusal lists every changed key.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deformvision.engine.checkpoint import CHECKPOINT_DIR, POINTER
+
+RUN_CONFIG = "config.yaml"
+RUN_FILES = (RUN_CONFIG, "log.jsonl", POINTER, CHECKPOINT_DIR, "model_final.safetensors",
+             "model_ema_final.safetensors", "metrics.json")  # fmt: skip
+# Dotted config keys (or prefixes ending in ".") a resumed run may change: where and how fast it runs,
+# what it prints, how it is evaluated; not what it trains.
+RESUME_SAFE_KEYS = ("output_dir", "resume", "overwrite", "threads", "device", "log.", "eval_every", "checkpoint.keep",
+                    "checkpoint.every_steps", "data.root", "data.num_workers", "data.pin_memory",
+                    "data.eval_batch_size")  # fmt: skip
+
+
+def existing_run_files(run_dir: Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``run_dir`` (empty if it does not exist)."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def check_output_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start a new run over an earlier one (see the module docstring).
+
+    Raises:
+        ValueError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or both are.
+    """
+    if resume is not None and overwrite:
+        raise ValueError("give either --resume (continue the run) or --overwrite (replace it), not both")
+    found = existing_run_files(run_dir)
+    if found and resume is None and not overwrite:
+        raise ValueError(
+            f"output_dir {run_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete the files of an earlier run in ``run_dir`` (what :data:`RUN_FILES` names, nothing else)."""
+    for name in existing_run_files(run_dir):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(raw, dict):
+        flat: dict[str, Any] = {}
+        for key, value in raw.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: raw}
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: saved -> current"`` for every dotted key whose value differs, except :data:`RESUME_SAFE_KEYS`."""
+    old, new = _flatten(saved), _flatten(current)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if any(key == safe or (safe.endswith(".") and key.startswith(safe)) for safe in RESUME_SAFE_KEYS):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return changes
+
+
+def check_resumed_config(saved_config: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume with a configuration other than the one the run was saved with.
+
+    Raises:
+        ValueError: keys other than :data:`RESUME_SAFE_KEYS` differ (all are listed), or the saved
+            ``config.yaml`` cannot be read.
+    """
+    try:
+        saved = yaml.safe_load(saved_config.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the config of the run to resume, {saved_config}: {err}") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{saved_config} is not a config (a YAML mapping)")
+    changes = changed_keys(saved, current)
+    if changes:
+        raise ValueError(
+            f"cannot resume with another configuration than the run's ({saved_config}); changed: "
+            + "; ".join(changes)
+            + ". Resume with the same settings, or start a new run (another --output-dir, or --overwrite)"
+        )
