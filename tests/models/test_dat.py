@@ -211,3 +211,15 @@ def test_grad_checkpointing_gives_the_same_gradients():
     for name, p in model.named_parameters():
         if name in expected:
             torch.testing.assert_close(p.grad, expected[name], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float8_e4m3fn])
+def test_checkpoint_of_another_dtype_kind_is_refused(tmp_path, dtype):
+    model = small_variant("dat_tiny", num_classes=3)
+    state = {k: v.to(dtype) if k == "head.weight" else v for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match=f"dtype mismatch: head.weight: checkpoint {dtype} vs model torch.float32"):
+        load_checkpoint(model, tmp_path / "weights.pth")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(half, tmp_path / "half.pth")
+    load_checkpoint(model, tmp_path / "half.pth")  # another float precision is fine

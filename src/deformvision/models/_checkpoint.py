@@ -90,8 +90,27 @@ def load_checkpoint(model: nn.Module, path: str | PathLike) -> None:
     model.load_state_dict(state_dict)
 
 
+_FLOAT8 = {getattr(torch, name) for name in dir(torch) if name.startswith("float8_")}
+
+
+def _same_kind(stored: torch.dtype, wanted: torch.dtype) -> bool:
+    """Whether a tensor of dtype ``stored`` loads into one of ``wanted`` without changing its meaning.
+
+    Floating point into floating point (any precision but float8, whose values need a scale), integers
+    into integers, bool into bool, complex into complex; never across kinds (an integer tensor copied into
+    a float parameter is almost always a wrong file).
+    """
+    if stored in _FLOAT8:
+        return stored == wanted
+    kinds = (lambda d: d.is_floating_point, lambda d: d.is_complex, lambda d: d == torch.bool)
+    return all(kind(stored) == kind(wanted) for kind in kinds)
+
+
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-    """Raise a ValueError naming the keys of ``state_dict`` that do not fit ``model`` exactly."""
+    """Raise a ValueError naming the keys of ``state_dict`` that do not fit ``model`` exactly.
+
+    Keys must match, and so must shapes and the kind of dtype (see :func:`_same_kind`).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -100,8 +119,14 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape
     ]
+    wrong_kind = [
+        f"{k}: checkpoint {state_dict[k].dtype} vs model {v.dtype}"
+        for k, v in expected.items()
+        if k in state_dict and not _same_kind(state_dict[k].dtype, v.dtype)
+    ]
     problems = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched),
+                         ("dtype mismatch", wrong_kind)):  # fmt: skip
         if items:
             shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
             problems.append(f"{title}: {shown}")

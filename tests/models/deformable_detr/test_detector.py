@@ -330,3 +330,14 @@ def test_grad_checkpointing_reaches_the_backbone_and_keeps_gradients():
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_official_checkpoint_of_the_other_variant_is_refused():
+    """The plain official checkpoint's shared heads would fill every refinement head silently: refused."""
+    state_dict, _, _ = official_state_dict()
+    with pytest.raises(ValueError, match="without box refinement .* with_box_refine=True: build it with"):
+        create_model("deformable_detr_r50_box_refine").checkpoint_filter(state_dict)
+    refine = dict(state_dict)  # an official refinement checkpoint aliases its per-layer box heads in the decoder
+    refine.update({f"transformer.decoder.{k}": v for k, v in state_dict.items() if k.startswith("bbox_embed.")})
+    with pytest.raises(ValueError, match="with box refinement .* with_box_refine=False: build it with"):
+        create_model("deformable_detr_r50").checkpoint_filter(refine)

@@ -261,6 +261,8 @@ class DeformableDETR(nn.Module):
 
         - Hugging Face ``DeformableDetrForObjectDetection`` names are first renamed to the official ones
           (:func:`deformvision.convert.huggingface.huggingface_to_official`);
+        - an official checkpoint's variant is read from its keys: box refinement aliases the per-layer box
+          heads as ``transformer.decoder.bbox_embed.*``; a checkpoint of the other variant is refused;
         - official ``backbone.0.body.*`` keys (and our ``backbone.*``) go through the backbone's own
           ``checkpoint_filter`` if it has one;
         - the aliases ``transformer.decoder.class_embed.*`` / ``transformer.decoder.bbox_embed.*`` are dropped
@@ -275,6 +277,16 @@ class DeformableDETR(nn.Module):
 
         if is_huggingface_state_dict(state_dict):
             state_dict = huggingface_to_official(state_dict)
+        if any(k.startswith("backbone.0.body.") for k in state_dict):  # the official layout (or converted HF)
+            # official box-refinement models alias their per-layer box heads inside the decoder; others do not
+            refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
+            if refine != self.with_box_refine:
+                kind = "with" if refine else "without"
+                raise ValueError(
+                    f"checkpoint is a Deformable DETR {kind} box refinement (its decoder "
+                    f"{'has' if refine else 'has no'} transformer.decoder.bbox_embed.* heads) but this model has "
+                    f"with_box_refine={self.with_box_refine}: build it with with_box_refine={refine}"
+                )
         own = self.state_dict()
         converted = {}
         backbone_official = {k: v for k, v in state_dict.items() if k.startswith("backbone.0.body.")}
