@@ -19,7 +19,7 @@ from deformvision.data.coco import CocoDetection
 from deformvision.data.collate import collate_detection
 from deformvision.data.image_folder import ImageFolder
 from deformvision.data.transforms_cls import build_classification_transforms
-from deformvision.data.transforms_det import build_detection_transforms
+from deformvision.data.transforms_det import build_detection_transforms, build_instance_transforms
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -29,6 +29,7 @@ __all__ = [
     "ImageFolder",
     "build_classification_transforms",
     "build_detection_transforms",
+    "build_instance_transforms",
     "build_digits_classification",
     "build_digits_detection",
     "collate_detection",
