@@ -9,7 +9,8 @@
 - Semantic segmentation: :class:`SegmentationFolder`, :class:`ADE20K` and mmseg's ADE20K recipe on
   ``transforms.v2`` (:func:`build_segmentation_transforms`, :mod:`~deformvision.data.transforms_seg`).
 - Built-in digits datasets that need no download: :func:`build_digits_classification`,
-  :func:`build_digits_detection`.
+  :func:`build_digits_detection`, :func:`build_digits_instance` (masks),
+  :func:`build_digits_semantic` (label maps).
 
 Random transforms draw from the global RNGs; :func:`deformvision.data._random.seeded` makes a call
 reproducible (the training data seeds every sample, see :class:`deformvision.engine.data.SeededTransform`).
@@ -17,7 +18,13 @@ reproducible (the training data seeds every sample, see :class:`deformvision.eng
 
 from deformvision.data import transforms_cls, transforms_det, transforms_seg
 from deformvision.data._image import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS
-from deformvision.data.builtin import build_digits_classification, build_digits_detection
+from deformvision.data.builtin import (
+    DIGITS_SEMANTIC_CLASSES,
+    build_digits_classification,
+    build_digits_detection,
+    build_digits_instance,
+    build_digits_semantic,
+)
 from deformvision.data.coco import CocoDetection
 from deformvision.data.collate import collate_detection
 from deformvision.data.image_folder import ImageFolder
@@ -29,6 +36,7 @@ from deformvision.data.transforms_seg import build_segmentation_transforms
 __all__ = [
     "ADE20K",
     "ADE20K_CLASSES",
+    "DIGITS_SEMANTIC_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
@@ -41,6 +49,8 @@ __all__ = [
     "build_segmentation_transforms",
     "build_digits_classification",
     "build_digits_detection",
+    "build_digits_instance",
+    "build_digits_semantic",
     "collate_detection",
     "transforms_cls",
     "transforms_det",
