@@ -115,7 +115,7 @@ def test_cat_max_ratio_retries() -> None:
 
 
 def test_cat_max_ratio_finds_the_only_good_crops() -> None:
-    """Nearly every position passes: then the first draw that fails is always replaced."""
+    """Only the crops at columns 0..5 fail the check (too much class 1): with retries none is kept."""
     label = torch.ones(32, 64, dtype=torch.int64)
     label[:, ::2] = 2  # every crop of width >= 2 is half class 1, half class 2
     label[:, :8] = 1  # crops starting at columns 0..3 are mostly class 1
@@ -136,7 +136,8 @@ def test_photometric_distortion_keeps_grey_grey_and_hue_keeps_value() -> None:
         with seeded(seed):
             out, mask = T.PhotoMetricDistortion()(grey, tv_tensors.Mask(torch.ones(8, 8, dtype=torch.int64)))
         assert torch.equal(mask, torch.ones(8, 8, dtype=torch.int64)) and 0 <= out.min() and out.max() <= 1
-        torch.testing.assert_close(out[0], out[1]) and torch.testing.assert_close(out[1], out[2])
+        torch.testing.assert_close(out[0], out[1])
+        torch.testing.assert_close(out[1], out[2])
         with seeded(seed):
             shifted = hue_only(colour)
         torch.testing.assert_close(shifted.amax(0), colour.amax(0))  # V is kept
