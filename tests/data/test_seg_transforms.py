@@ -115,7 +115,7 @@ def test_cat_max_ratio_retries() -> None:
 
 
 def test_cat_max_ratio_finds_the_only_good_crops() -> None:
-    """Only the crops at columns 0..5 fail the check (too much class 1): with retries none is kept."""
+    """Only the crops at columns 0..4 fail the check (too much class 1): with retries none is kept."""
     label = torch.ones(32, 64, dtype=torch.int64)
     label[:, ::2] = 2  # every crop of width >= 2 is half class 1, half class 2
     label[:, :8] = 1  # crops starting at columns 0..3 are mostly class 1
