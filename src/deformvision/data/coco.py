@@ -1,4 +1,4 @@
-"""Object detection dataset read from a COCO-format annotation file (boxes only)."""
+"""Object detection dataset read from a COCO-format annotation file (boxes, optionally instance masks)."""
 
 import json
 import math
@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -40,6 +42,89 @@ def _read_coco_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _rle_string_counts(counts: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` format).
+
+    Each run is a little-endian sequence of 5-bit groups stored as ``chr(48 + group)``, with bit
+    ``0x20`` marking "more groups follow" and bit ``0x10`` of the last group the sign; from the
+    fourth run on, the stored value is the difference to the run two places before. Raises
+    :class:`_InvalidAnnotation` for a character outside ``'0'..'o'`` or a string that ends mid-run.
+    """
+    runs: list[int] = []
+    value, shift = 0, 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64:
+            raise _InvalidAnnotation(f"compressed RLE counts hold the character {char!r} (outside '0'..'o')")
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:
+            continue
+        if code & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise _InvalidAnnotation("compressed RLE counts end in the middle of a run")
+    return runs
+
+
+def _check_segmentation(segmentation: Any, height: int, width: int) -> list[list[float]] | dict[str, Any]:
+    """The annotation's ``segmentation``, checked for an image of ``height x width``: polygons (a list of
+    ``[x0, y0, x1, y1, ...]`` with at least 3 points each) or an RLE ``{"size": [h, w], "counts": ...}``
+    with ``counts`` a list of run lengths (uncompressed) or a string (compressed) covering exactly the
+    image. Raises :class:`_InvalidAnnotation` saying what is wrong."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise _InvalidAnnotation("segmentation is an empty list of polygons")
+        for k, polygon in enumerate(segmentation):
+            is_numbers = isinstance(polygon, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in polygon
+            )
+            if not is_numbers or len(polygon) % 2 or len(polygon) < 6:
+                shown = repr(polygon) if len(repr(polygon)) <= 80 else repr(polygon)[:77] + "..."
+                raise _InvalidAnnotation(
+                    f"segmentation polygon {k} must be a list of finite numbers [x0, y0, x1, y1, ...] with at "
+                    f"least 3 points, got {shown}"
+                )
+        return segmentation
+    if not isinstance(segmentation, dict):
+        raise _InvalidAnnotation(f"segmentation must be a list of polygons or an RLE dict, got {segmentation!r}")
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if size != [height, width]:
+        raise _InvalidAnnotation(f"RLE segmentation 'size' {size!r} is not the image's [height, width] "
+                                 f"{[height, width]}")  # fmt: skip
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+    elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        runs = counts
+    else:
+        raise _InvalidAnnotation(f"RLE segmentation 'counts' must be a string or a list of ints, got "
+                                 f"{type(counts).__name__}")  # fmt: skip
+    if any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise _InvalidAnnotation(
+            f"RLE segmentation runs must be non-negative and sum to height*width={height * width}, "
+            f"got sum {sum(runs)}{' with a negative run' if any(run < 0 for run in runs) else ''}"
+        )
+    return segmentation
+
+
+def decode_segmentation(segmentation: list[list[float]] | dict[str, Any], height: int, width: int) -> np.ndarray:
+    """``(height, width)`` uint8 0/1 mask of a COCO segmentation (polygons, or compressed or uncompressed
+    RLE), rasterised by pycocotools (a pixel is inside a polygon when its centre is)."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+    with warnings.catch_warnings():  # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle)
+
+
 class CocoDetection(Dataset):
     """Images and boxes of a COCO-format annotation file, as DETR-style ``(image, target)`` pairs.
 
@@ -51,7 +136,10 @@ class CocoDetection(Dataset):
     - ``labels``: ``(n,)`` int64 (see ``contiguous_ids``),
     - ``area``: ``(n,)`` float32, the annotation's ``area`` (or box area when absent),
     - ``iscrowd``: ``(n,)`` int64 zeros,
-    - ``image_id``: 0-d int64, ``orig_size`` and ``size``: ``(2,)`` int64 ``(h, w)``.
+    - ``image_id``: 0-d int64, ``orig_size`` and ``size``: ``(2,)`` int64 ``(h, w)``,
+    - ``masks`` (only with ``masks=True``): ``(n, h, w)`` uint8 0/1 instance masks, a
+      ``tv_tensors.Mask`` in step with ``boxes``, decoded by pycocotools from the annotations'
+      ``segmentation`` (polygons, compressed or uncompressed RLE) when the image is read.
 
     The transforms (``torchvision.transforms.v2``, e.g.
     :func:`~deformvision.data.build_detection_transforms`) should end with
@@ -71,6 +159,7 @@ class CocoDetection(Dataset):
         skip_invalid: drop invalid annotations (below) with one warning instead of raising.
         num_classes: if given, every label must be below it.
         contiguous_ids: labels ``0..K-1`` for the sorted category ids (else labels are category ids).
+        masks: also return instance masks (each kept annotation then needs a valid ``segmentation``).
 
     Attributes:
         image_ids: image ids in index order.
@@ -83,8 +172,11 @@ class CocoDetection(Dataset):
         FileNotFoundError: if the annotation file does not exist.
         ValueError: naming the file, if it is not JSON, not COCO-shaped or has no images; naming the
             annotation id (unless ``skip_invalid``), if an annotation refers to an unknown image or
-            category, has a malformed ``bbox``, a box lying entirely outside its image, or a label
-            ``>= num_classes``.
+            category, has a malformed ``bbox``, a box lying entirely outside its image, a label
+            ``>= num_classes``, or (with ``masks``) a missing or malformed ``segmentation``: not a list of
+            polygons of at least 3 points of finite numbers, or an RLE whose ``size`` is not the image's
+            ``[height, width]`` or whose runs do not cover it exactly. Crowd annotations are dropped
+            before their segmentation is looked at.
 
     Image files are read only when indexed: a missing file raises ``FileNotFoundError``, a corrupt one
     or one whose size differs from the json's ``ValueError``, each naming the file.
@@ -98,7 +190,9 @@ class CocoDetection(Dataset):
         skip_invalid: bool = False,
         num_classes: int | None = None,
         contiguous_ids: bool = True,
+        masks: bool = False,
     ) -> None:
+        self.masks = masks
         self.image_root = Path(image_root)
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms if transforms is not None else v2.Compose(to_tensors())
@@ -126,9 +220,10 @@ class CocoDetection(Dataset):
 
     def _parse_annotations(
         self, annotations: list[dict[str, Any]], skip_invalid: bool
-    ) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Image id -> ``(boxes (n, 4) xyxy, labels (n,), area (n,))`` of its kept annotations."""
-        per_image: dict[int, list[tuple[list[float], int, float]]] = {image_id: [] for image_id in self.image_ids}
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Any]]]:
+        """Image id -> ``(boxes (n, 4) xyxy, labels (n,), area (n,), segmentations)`` of its kept
+        annotations (``segmentations`` is ``n`` checked segmentations with ``masks``, else empty)."""
+        per_image: dict[int, list[tuple[list[float], int, float, Any]]] = {image_id: [] for image_id in self.image_ids}
         skipped: list[str] = []
         num_clipped = 0
         for i, ann in enumerate(annotations):
@@ -142,8 +237,8 @@ class CocoDetection(Dataset):
                 skipped.append(reason)
                 continue
             if parsed is not None:
-                box, label, area, clipped = parsed
-                per_image[ann["image_id"]].append((box, label, area))
+                box, label, area, segmentation, clipped = parsed
+                per_image[ann["image_id"]].append((box, label, area, segmentation))
                 num_clipped += clipped
         if skipped:
             warnings.warn(
@@ -157,16 +252,17 @@ class CocoDetection(Dataset):
             )
         return {
             image_id: (
-                torch.tensor([box for box, _, _ in objects], dtype=torch.float32).reshape(-1, 4),
-                torch.tensor([label for _, label, _ in objects], dtype=torch.int64),
-                torch.tensor([area for _, _, area in objects], dtype=torch.float32),
+                torch.tensor([box for box, *_ in objects], dtype=torch.float32).reshape(-1, 4),
+                torch.tensor([label for _, label, *_ in objects], dtype=torch.int64),
+                torch.tensor([area for _, _, area, _ in objects], dtype=torch.float32),
+                [segmentation for *_, segmentation in objects] if self.masks else [],
             )
             for image_id, objects in per_image.items()
         }
 
-    def _parse_annotation(self, ann: Any) -> tuple[list[float], int, float, bool] | None:
-        """``(clipped xyxy box, label, area, clipped by more than 1 px)``, or ``None`` for a crowd or
-        degenerate box. Raises :class:`_InvalidAnnotation`."""
+    def _parse_annotation(self, ann: Any) -> tuple[list[float], int, float, Any, bool] | None:
+        """``(clipped xyxy box, label, area, segmentation or None, clipped by more than 1 px)``, or ``None``
+        for a crowd or degenerate box. Raises :class:`_InvalidAnnotation`."""
         if not isinstance(ann, dict):
             raise _InvalidAnnotation(f"expected an object, got {ann!r}")
         image = self._images.get(ann.get("image_id"))
@@ -191,8 +287,13 @@ class CocoDetection(Dataset):
             raise _InvalidAnnotation(
                 f"bbox {bbox} lies entirely outside its image {image['file_name']} ({width}x{height})"
             )
+        segmentation = None
+        if self.masks:
+            if "segmentation" not in ann:
+                raise _InvalidAnnotation("has no 'segmentation' (needed with masks=True)")
+            segmentation = _check_segmentation(ann["segmentation"], height, width)
         clipped = x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1
-        return box, label, float(ann.get("area", w * h)), clipped
+        return box, label, float(ann.get("area", w * h)), segmentation, clipped
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -207,13 +308,18 @@ class CocoDetection(Dataset):
                 f"image {path} (id {image_id}) is {img.width}x{img.height} but {self.annotation_file} "
                 f"says {info['width']}x{info['height']}"
             )
-        boxes, labels, area = self._objects[image_id]
+        boxes, labels, area, segmentations = self._objects[image_id]
         size = torch.tensor([img.height, img.width])
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(img.height, img.width)),
             "labels": labels.clone(), "area": area.clone(), "iscrowd": torch.zeros_like(labels),
             "image_id": torch.tensor(image_id), "orig_size": size, "size": size.clone(),
         }  # fmt: skip
+        if self.masks:
+            masks = np.zeros((len(segmentations), img.height, img.width), np.uint8)
+            for k, segmentation in enumerate(segmentations):
+                masks[k] = decode_segmentation(segmentation, img.height, img.width)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return self.transforms(img, target)
 
     def __repr__(self) -> str:

@@ -16,6 +16,10 @@ image are:
 normalised ``(cx, cy, w, h)`` in ``[0, 1]`` of the final image and ``size`` its ``(h, w)`` (int64).
 ``orig_size``, ``image_id`` and other keys pass through; ``{}`` works for inference.
 
+:func:`build_instance_transforms` is the pipeline for torchvision-style detectors (Mask R-CNN,
+RetinaNet, ...), which resize and normalise inside the model: it ends with :class:`ToInstanceTarget`
+instead (float image in ``[0, 1]``, absolute xyxy boxes, uint8 masks).
+
 Random transforms draw from torch's global generator, as all of ``transforms.v2``; for reproducible
 data, call the pipeline under :func:`deformvision.data._random.seeded` (the training data does so per
 sample, see :class:`deformvision.engine.data.SeededTransform`).
@@ -234,3 +238,79 @@ def build_detection_transforms(
         resize_crop = v2.Compose([random_resize(tuple(crop_resize)), RandomSizeCrop(*crop), scale])
         scale = v2.RandomChoice([scale, resize_crop])
     return v2.Compose([*head, scale, *tail])
+
+
+class ToInstanceTarget(v2.Transform):
+    """The target of torchvision's detection models; the last step of :func:`build_instance_transforms`.
+
+    After ``ToImage``/``ToDtype``: the image becomes a plain tensor; ``boxes`` plain float32 absolute
+    ``(x0, y0, x1, y1)`` pixels of the image (a plain tensor is read as such); ``masks`` a plain uint8
+    ``(n, H, W)`` tensor; ``size`` the image's ``(h, w)`` (int64). Objects whose box has zero width or
+    height are removed from each of the target's :data:`PER_OBJECT_KEYS`. Other keys pass through.
+    """
+
+    def forward(self, *inputs: Any) -> tuple[Any, dict[str, Any]]:
+        image, target = _image_and_target(inputs, self)
+        height, width = F.get_size(image)
+        target = dict(target)
+        boxes = target.get("boxes")
+        if boxes is not None:
+            if isinstance(boxes, tv_tensors.BoundingBoxes):
+                if tuple(boxes.canvas_size) != (height, width):
+                    raise ValueError(f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is "
+                                     f"{(height, width)} (h, w)")  # fmt: skip
+                boxes = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            boxes = torch.as_tensor(boxes).as_subclass(torch.Tensor).to(torch.float32)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            target["boxes"] = boxes
+            if not keep.all():
+                for key in PER_OBJECT_KEYS:
+                    if key in target:
+                        target[key] = target[key][keep]
+        for key in PER_OBJECT_KEYS:
+            if isinstance(target.get(key), torch.Tensor):
+                target[key] = target[key].as_subclass(torch.Tensor)
+        if "masks" in target:
+            target["masks"] = target["masks"].to(torch.uint8)
+        target["size"] = torch.tensor([height, width])
+        if isinstance(image, torch.Tensor):
+            image = image.as_subclass(torch.Tensor)
+        return image, target
+
+
+def build_instance_transforms(
+    train: bool,
+    hflip: float = 0.5,
+    *,
+    crop: tuple[int, int] | None = None,
+    crop_prob: float = 0.5,
+) -> v2.Compose:
+    """Pipeline for torchvision-style instance models: ``(PIL image, target)`` -> ``((3, H, W) float, target)``.
+
+    The model resizes and normalises internally, so there is no resize and no mean/std here.
+    Train: :class:`ToTVTensors`, ``ClampBoundingBoxes``, ``RandomHorizontalFlip(hflip)`` (left out
+    when ``hflip=0``), and with ``crop=(min_size, max_size)`` DETR's :class:`RandomSizeCrop` applied
+    with probability ``crop_prob``; image, boxes and masks move together. Eval: :class:`ToTVTensors`
+    only. Both end with ``ToImage``, ``ToDtype(float32, scale=True)`` (values in ``[0, 1]``) and
+    :class:`ToInstanceTarget`: ``boxes`` plain float32 absolute xyxy, ``masks`` uint8, objects whose box
+    became empty dropped.
+
+    Raises:
+        ValueError: naming the argument, for a probability outside ``[0, 1]`` or a crop that is not
+            ``(min_size, max_size)`` with ``0 < min_size <= max_size``.
+    """
+    for name, value in (("hflip", hflip), ("crop_prob", crop_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), ToInstanceTarget()]
+    if not train:
+        return v2.Compose([ToTVTensors(), *tail])
+    head: list[v2.Transform] = [ToTVTensors(), v2.ClampBoundingBoxes()]
+    if hflip > 0:
+        head.append(v2.RandomHorizontalFlip(hflip))
+    if crop is not None:
+        if len(crop) != 2:
+            raise ValueError(f"crop must be (min_size, max_size) or None, got {crop!r}")
+        if crop_prob > 0:
+            head.append(v2.RandomApply([RandomSizeCrop(*crop)], p=crop_prob))
+    return v2.Compose([*head, *tail])
