@@ -15,6 +15,11 @@ backbone's largest stride (32), the logits (stride 4 of the padded image) are up
 multiples of 32 (the 512x512 training crops) this is exactly mmseg's "resize the logits to the input
 size"; for other sizes it keeps every logit aligned with its pixel (mmseg stretches the map of a
 Swin/DAT backbone that padded internally over the unpadded image instead).
+
+``torch.compile``: the eval forward and the training forward (with targets) are each captured as one
+graph (``fullgraph=True`` works; the target value check is skipped while tracing). Tested with the
+``aot_eager`` backend; inductor gives the same logits (largest difference 1e-6 on a narrow UperNet)
+after a long compilation on a CPU (2-3 minutes on 2 busy cores).
 """
 
 from collections import OrderedDict
@@ -107,7 +112,8 @@ class EncoderDecoder(nn.Module):
 
         Raises:
             ValueError: wrong shape or dtype, or values that are neither a class index in
-                ``[0, num_classes)`` nor ``ignore_index`` (the message lists them).
+                ``[0, num_classes)`` nor ``ignore_index`` (the message lists them; this value check is
+                skipped under ``torch.compile``, so that a compiled training step has no graph break).
         """
         b, _, h, w = images.shape
         if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (b, h, w):
@@ -116,6 +122,8 @@ class EncoderDecoder(nn.Module):
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise ValueError(f"targets must be an integer (int64) tensor of class indices, got dtype {targets.dtype}")
         targets = targets.long()
+        if torch.compiler.is_compiling():  # the check depends on the data: a graph break; skipped when traced
+            return targets
         bad = targets[(targets != self.ignore_index) & ((targets < 0) | (targets >= self.num_classes))]
         if bad.numel():  # a device sync; CUDA's cross-entropy would fail with an opaque device assert instead
             values = torch.unique(bad).tolist()
