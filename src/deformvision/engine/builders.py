@@ -17,22 +17,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deformvision.data import (
+    ADE20K,
+    DIGITS_SEMANTIC_CLASSES,
     CocoDetection,
     ImageFolder,
+    SegmentationFolder,
     build_classification_transforms,
     build_detection_transforms,
     build_digits_classification,
     build_digits_detection,
+    build_digits_instance,
+    build_digits_semantic,
+    build_instance_transforms,
+    build_segmentation_transforms,
     collate_detection,
 )
 from deformvision.engine.classification import ClassificationTask
 from deformvision.engine.config import TrainConfig
 from deformvision.engine.data import SeededTransform
 from deformvision.engine.detection import DetectionTask
+from deformvision.engine.instance import InstanceTask, collate_instances
+from deformvision.engine.semantic import SemanticTask
 from deformvision.models import create_model
 from deformvision.models.deformable_detr import HungarianMatcher, PostProcess, SetCriterion, weight_dict
 
-Task = ClassificationTask | DetectionTask
+Task = ClassificationTask | DetectionTask | InstanceTask | SemanticTask
 
 
 @dataclass
@@ -69,11 +78,18 @@ def _num_classes(config: TrainConfig, found: int) -> int:
 def build_transforms(config: TrainConfig, train: bool) -> Callable[..., Any]:
     """The training or evaluation transform of ``config``.
 
-    Classification: ``PIL image -> (3, img_size, img_size)`` tensor (timm). Detection:
-    ``(PIL image, target) -> ((3, H, W) tensor, target)`` (``transforms.v2``; ``target`` may be ``{}``).
+    Classification: ``PIL image -> (3, img_size, img_size)`` tensor (timm). Detection, instance and
+    semantic segmentation: ``(PIL image, target) -> ((3, H, W) tensor, target)`` (``transforms.v2``;
+    ``target`` may be ``{}`` for detection).
     Random transforms draw from the global RNGs (see :class:`~deformvision.engine.data.SeededTransform`).
     """
     data, aug = config.data, config.aug
+    if data.task == "instance":
+        return build_instance_transforms(train, hflip=aug.hflip, crop=aug.crop)
+    if data.task == "semantic":
+        return build_segmentation_transforms(train, scale=aug.seg_scale, ratio_range=aug.seg_ratio_range,
+                                             crop_size=aug.seg_crop, cat_max_ratio=aug.cat_max_ratio,
+                                             hflip=aug.hflip, photometric=aug.photometric)  # fmt: skip
     if data.task == "detection":
         return build_detection_transforms(train, scales=aug.scales, max_size=aug.max_size, crop=aug.crop,
                                           crop_resize=aug.crop_resize, val_size=aug.val_size,
@@ -107,20 +123,23 @@ def _classification_data(config: TrainConfig, train: bool) -> DataBundle:
 
 
 def _detection_data(config: TrainConfig, train: bool) -> DataBundle:
+    """Deformable DETR (``detection``) or torchvision-style (``instance``, with masks) data in COCO form."""
     data = config.data
     root = Path(data.root)
+    instance = data.task == "instance"
     if data.format == "digits":
-        build_digits_detection(root)
+        (build_digits_instance if instance else build_digits_detection)(root)
         images = {"train": root / "train" / "images", "val": root / "val" / "images"}
         annotations = {"train": root / "annotations" / "train.json", "val": root / "annotations" / "val.json"}
     elif data.format == "coco":
         images = {"train": root / data.train_split, "val": root / data.val_split}
         annotations = {"train": root / data.train_annotations, "val": root / data.val_annotations}
     else:
-        raise ValueError(f"detection data must be coco or digits, got format={data.format!r}")
+        raise ValueError(f"{data.task} data must be coco or digits, got format={data.format!r}")
 
     def dataset(split: str, is_train: bool) -> SeededTransform:
-        base = CocoDetection(images[split], annotations[split], _untransformed, contiguous_ids=data.contiguous_ids)
+        base = CocoDetection(images[split], annotations[split], _untransformed, contiguous_ids=data.contiguous_ids,
+                             masks=instance)  # fmt: skip
         return SeededTransform(base, build_transforms(config, is_train), config.seed, detection=True)
 
     val_set = dataset("val", False)
@@ -137,10 +156,42 @@ def _detection_data(config: TrainConfig, train: bool) -> DataBundle:
     )
 
 
+def _semantic_data(config: TrainConfig, train: bool) -> DataBundle:
+    data = config.data
+    root = Path(data.root)
+    if data.format == "ade20k":
+        splits = {"train": ADE20K(root, "training", _untransformed), "val": ADE20K(root, "validation", _untransformed)}
+        names = list(ADE20K.classes)
+    elif data.format in ("segmentation_folder", "digits"):
+        if data.format == "digits":
+            build_digits_semantic(root)
+        reduce = data.reduce_zero_label and data.format != "digits"
+        splits = {
+            name: SegmentationFolder(root / split / "images", root / split / "labels", _untransformed,
+                                     reduce_zero_label=reduce, num_classes=data.num_classes)
+            for name, split in (("train", data.train_split), ("val", data.val_split))
+        }  # fmt: skip
+        names = list(DIGITS_SEMANTIC_CLASSES) if data.format == "digits" else []
+    else:
+        raise ValueError(f"semantic data must be ade20k, segmentation_folder or digits, got format={data.format!r}")
+    if not names:
+        if data.num_classes is None:
+            raise ValueError("data.num_classes must be set for a segmentation_folder (the classes of its label maps)")
+        names = [str(k) for k in range(data.num_classes)]
+
+    def wrap(name: str, is_train: bool) -> SeededTransform:
+        return SeededTransform(splits[name], build_transforms(config, is_train), config.seed, detection=True)
+
+    return DataBundle(train=wrap("train", True) if train else None, val=wrap("val", False),
+                      num_classes=_num_classes(config, len(names)), class_names=names)  # fmt: skip
+
+
 def build_data(config: TrainConfig, train: bool = True) -> DataBundle:
     """The datasets of ``config.data`` (the built-in digits sets are written to ``data.root`` first)."""
     if config.data.task == "classification":
         return _classification_data(config, train)
+    if config.data.task == "semantic":
+        return _semantic_data(config, train)
     return _detection_data(config, train)
 
 
@@ -174,6 +225,13 @@ def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
                           switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=loss.label_smoothing,
                           num_classes=data.num_classes)  # fmt: skip
         return ClassificationTask(data.num_classes, mixup, loss.label_smoothing)
+    if config.data.task == "instance":
+        roi_heads = getattr(model, "roi_heads", None)
+        masks = roi_heads is not None and roi_heads.has_mask()
+        return InstanceTask(data.val_annotations, data.label_to_category_id, masks=masks)
+    if config.data.task == "semantic":
+        return SemanticTask(data.num_classes, inference=aug.seg_inference, crop_size=aug.seg_crop,
+                            stride=aug.slide_stride)  # fmt: skip
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou, loss.focal_alpha)
     num_decoder_layers = len(model.transformer.decoder.layers) if hasattr(model, "transformer") else 1
     weights = weight_dict(num_decoder_layers, bool(getattr(model, "two_stage", False)), loss.cls_loss_coef,
@@ -195,6 +253,6 @@ def build_loader(
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=data.num_workers,
-        collate_fn=collate_detection if data.task == "detection" else None,
+        collate_fn={"detection": collate_detection, "instance": collate_instances}.get(data.task),
         pin_memory=data.pin_memory and device.type == "cuda", generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip

@@ -44,13 +44,19 @@ class ModelConfig:
 class DataConfig:
     """Where the data is and how it is batched.
 
+    ``task``: ``classification`` (DAT), ``detection`` (Deformable DETR), ``instance`` (torchvision-style
+    detectors: RetinaNet, Mask R-CNN, Cascade Mask R-CNN; boxes, and masks when the model predicts them)
+    or ``semantic`` (Semantic FPN, UperNet).
+
     ``format``: ``image_folder`` (``root/<train_split>/<class>/...``), ``coco`` (images in
-    ``root/<split>``, annotations ``root/<*_annotations>``) or ``digits`` (the built-in digits sets,
-    written to ``root`` on first use).
+    ``root/<split>``, annotations ``root/<*_annotations>``; instance masks from their polygons / RLE),
+    ``ade20k`` (``root`` holds ``ADEChallengeData2016``), ``segmentation_folder``
+    (``root/<split>/images`` and ``root/<split>/labels``, PNG label maps with the images' stems) or
+    ``digits`` (the built-in digits sets of each task, written to ``root`` on first use).
     """
 
-    task: str = "classification"  # classification | detection
-    format: str = "image_folder"  # image_folder | coco | digits
+    task: str = "classification"  # classification | detection | instance | semantic
+    format: str = "image_folder"  # image_folder | coco | ade20k | segmentation_folder | digits
     root: str = "data"
     train_split: str = "train"
     val_split: str = "val"
@@ -58,6 +64,7 @@ class DataConfig:
     val_annotations: str = "annotations/instances_val2017.json"  # coco only
     contiguous_ids: bool = True  # coco: labels 0..K-1 (else labels are category ids, as official COCO: 91)
     num_classes: int | None = None  # default: the dataset's (classes, or categories)
+    reduce_zero_label: bool = False  # segmentation_folder: label 0 is "unlabelled" (ignored), the rest shift down
     img_size: int = 224  # classification input side (digits: also the rendered size)
     batch_size: int = 128  # per process
     eval_batch_size: int | None = None  # per process; default batch_size
@@ -84,6 +91,14 @@ class AugConfig:
     crop: tuple[int, int] | None = (384, 600)  # detection: RandomSizeCrop (min, max); null: no crop branch
     crop_resize: tuple[int, ...] = (400, 500, 600)
     val_size: int = 800
+    # semantic segmentation (mmseg's ADE20K recipe)
+    seg_scale: tuple[int, int] = (2048, 512)  # images are resized to fit this (long, short) scale ...
+    seg_ratio_range: tuple[float, float] = (0.5, 2.0)  # ... times a random ratio in training
+    seg_crop: tuple[int, int] = (512, 512)  # training crop (h, w); also the sliding-window size
+    cat_max_ratio: float = 0.75  # a training crop is redrawn while one class covers more than this
+    photometric: bool = True  # brightness / contrast / saturation / hue distortion in training
+    seg_inference: str = "whole"  # evaluation: whole | slide (windows of seg_crop every slide_stride)
+    slide_stride: tuple[int, int] = (341, 341)
 
 
 @dataclass
@@ -187,15 +202,17 @@ class TrainConfig:
 
 
 _CHOICES = {
-    ("data", "task"): ("classification", "detection"),
-    ("data", "format"): ("image_folder", "coco", "digits"),
+    ("data", "task"): ("classification", "detection", "instance", "semantic"),
+    ("data", "format"): ("image_folder", "coco", "ade20k", "segmentation_folder", "digits"),
+    ("aug", "seg_inference"): ("whole", "slide"),
     ("optim", "name"): ("adamw", "sgd"),
     ("schedule", "name"): ("cosine", "step"),
     ("amp",): ("none", "auto", "bf16", "fp16"),
 }
 _POSITIVE = (("data", "batch_size"), ("schedule", "epochs"), ("log", "interval"), ("checkpoint", "keep"),
              ("eval_every",))  # fmt: skip
-_PROBABILITIES = (("aug", "hflip"), ("aug", "reprob"), ("aug", "mixup_prob"), ("aug", "mixup_switch_prob"))
+_PROBABILITIES = (("aug", "hflip"), ("aug", "reprob"), ("aug", "mixup_prob"), ("aug", "mixup_switch_prob"),
+                  ("aug", "cat_max_ratio"))  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
