@@ -1,16 +1,26 @@
-"""The demo: train a small Deformable DETR with a DAT backbone on the built-in digits detection set, on the CPU.
+"""The demos: train a small DAT model on a built-in digits set, on the CPU, evaluate it and draw what it does.
 
-:func:`run_demo` builds the dataset (:func:`~deformvision.data.build_digits_detection`: 128x128 canvases with
-1-6 digits, mostly small), trains ``deformable_detr_dat_digits`` for a time budget (or a number of epochs),
-evaluates it with the 12 COCO box numbers, and writes into the output directory:
+Three tasks, each on 128x128 canvases with 1-6 digits (mostly small), no download:
+
+- ``detection`` (the default): ``deformable_detr_dat_digits``, a two-stage Deformable DETR with box
+  refinement on a narrow DAT (:func:`~deformvision.data.build_digits_detection`); the 12 COCO box numbers;
+- ``instance``: Mask R-CNN on a narrow DAT with an FPN (:func:`~deformvision.data.build_digits_instance`,
+  a mask per digit); COCO ``bbox_*`` and ``segm_*`` numbers;
+- ``semantic``: Semantic FPN on a narrow DAT (:func:`~deformvision.data.build_digits_semantic`, 11
+  classes: background and the ten digits); ``mIoU``, ``aAcc``, ``mAcc``.
+
+:func:`run_demo` builds the dataset, trains for a time budget (or a number of epochs), evaluates, and
+writes into the output directory:
 
 - ``config.yaml`` and ``model_final.safetensors``: a run directory that ``deformvision eval`` and
   ``deformvision predict --run`` read;
-- ``metrics.json``: the COCO numbers, steps, epochs and times; ``log.jsonl``: the training loss;
-- ``predictions/``: ``predictions.json`` and annotated PNGs of validation images (``deformvision predict``);
-- ``sampling_points.png``: one validation image with the detections, the deformed sampling points of the
-  DAT backbone's deformable blocks, and the multi-scale deformable attention sampling locations of the
-  decoder's best queries.
+- ``metrics.json``: the task's numbers (also at the top level: ``segm_AP50``, ``mIoU``...), steps, epochs
+  and times; ``log.jsonl``: the training loss;
+- ``predictions/``: ``predictions.json`` and annotated PNGs of validation images (``deformvision predict``:
+  boxes; masks tinted over the image; predicted class maps with a legend);
+- detection only, ``sampling_points.png``: one validation image with the detections, the deformed sampling
+  points of the DAT backbone's deformable blocks, and the multi-scale deformable attention sampling
+  locations of the decoder's best queries.
 
 Training is bounded by wall-clock time: the learning-rate schedule follows the fraction of the budget used
 (warmup, then ``x0.1`` for the last fifth), training stops when the budget is spent, and evaluation follows.
@@ -29,7 +39,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from deformvision.data import build_digits_detection
+from deformvision.data import build_digits_detection, build_digits_instance, build_digits_semantic
 from deformvision.data._image import load_rgb
 from deformvision.engine import (
     DataBundle,
@@ -40,10 +50,10 @@ from deformvision.engine import (
     build_task,
     build_transforms,
 )
+from deformvision.engine.builders import Task
 from deformvision.engine.checkpoint import save_weights
 from deformvision.engine.config import config_from_dict, save_config
 from deformvision.engine.data import EpochSampler, ShardSampler, make_generator
-from deformvision.engine.detection import DetectionTask
 from deformvision.engine.optim import build_optimizer
 from deformvision.engine.run_dir import RUN_CONFIG
 from deformvision.engine.trainer import FINAL_WEIGHTS, seed_everything
@@ -84,6 +94,32 @@ RECIPE: dict[str, Any] = {
 }  # fmt: skip
 
 
+# The small DAT of the dense demos (as deformable_detr_dat_digits'): window attention in stages 0-1, deformable
+# attention in stages 2-3 (8x8 and 4x4 maps at 128 pixels).
+_DIGITS_DAT: dict[str, Any] = {
+    "img_size": 128, "dims": [32, 64, 128, 256], "depths": [1, 1, 2, 2], "heads": [1, 2, 4, 8],
+    "groups": [-1, -1, 2, 4], "window_sizes": [8, 8, 8, 4], "stage_spec": [["L"], ["S"], ["L", "D"], ["L", "D"]],
+}  # fmt: skip
+SEMANTIC_RECIPE: dict[str, Any] = {
+    "model": {"name": "semantic_fpn_dat_tiny",
+              "kwargs": {"backbone_kwargs": _DIGITS_DAT, "drop_path_rate": 0.0, "fpn_channels": 64, "head_channels": 64,
+                         "num_classes": 11}},
+    "data": {"task": "semantic", "format": "segmentation_folder", "num_classes": 11, "batch_size": 8,
+             "eval_batch_size": 1, "num_workers": 0},
+    # scale jitter 0.5-2x with 128-pixel crops; no flip (a mirrored digit is another digit); background is a
+    # class here (most of every crop), so no cat_max_ratio redraws
+    "aug": {"seg_scale": [256, 128], "seg_ratio_range": [0.5, 2.0], "seg_crop": [128, 128], "cat_max_ratio": 1.0,
+            "hflip": 0.0, "photometric": True},
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "clip_grad": 1.0},
+    "device": "cpu",
+    "threads": 1,
+}  # fmt: skip
+RECIPES: dict[str, dict[str, Any]] = {"detection": RECIPE, "semantic": SEMANTIC_RECIPE}
+DATASETS: dict[str, Callable[..., Path]] = {
+    "detection": build_digits_detection, "instance": build_digits_instance, "semantic": build_digits_semantic,
+}  # fmt: skip
+
+
 @dataclass
 class DemoResult:
     """What :func:`run_demo` did and where it wrote it."""
@@ -97,9 +133,12 @@ class DemoResult:
     files: dict[str, Path]
 
 
-def demo_config(output_dir: Path, data_root: Path, seed: int) -> TrainConfig:
-    """:data:`RECIPE` for a dataset at ``data_root`` (the digits layout) and a run in ``output_dir``."""
-    raw = json.loads(json.dumps(RECIPE))  # a deep copy
+def demo_config(output_dir: Path, data_root: Path, seed: int, task: str = "detection") -> TrainConfig:
+    """The ``task``'s recipe (:data:`RECIPES`) for a dataset at ``data_root`` (the digits layout) and a run in
+    ``output_dir``."""
+    if task not in RECIPES:
+        raise ValueError(f"task must be one of {sorted(RECIPES)}, got {task!r}")
+    raw = json.loads(json.dumps(RECIPES[task]))  # a deep copy
     raw["data"]["root"] = str(data_root.resolve())
     raw.update(output_dir=str(output_dir), seed=seed)
     return config_from_dict(raw)
@@ -130,7 +169,7 @@ def train_bounded(
     config: TrainConfig,
     data: DataBundle,
     model: torch.nn.Module,
-    task: DetectionTask,
+    task: Task,
     *,
     seconds: float | None = None,
     epochs: int | None = None,
@@ -232,6 +271,7 @@ def sampling_points_figure(
 def run_demo(
     output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     *,
+    task: str = "detection",
     minutes: float = DEFAULT_MINUTES,
     epochs: int | None = None,
     seed: int = 0,
@@ -244,6 +284,7 @@ def run_demo(
 
     Args:
         output_dir: where everything goes (created; files of an earlier demo are replaced).
+        task: ``"detection"``, ``"instance"`` or ``"semantic"`` (see the module docstring).
         minutes: the training time budget (dataset, evaluation and pictures take some seconds more).
         epochs: train this many epochs instead, whatever the time.
         seed: the training seed (initialisation, data order, augmentation); the dataset is always the built-in one.
@@ -251,24 +292,26 @@ def run_demo(
         threads: CPU threads (``torch.set_num_threads``, for the whole process); default the recipe's 1.
         log: where progress lines go.
     """
+    if task not in RECIPES:
+        raise ValueError(f"task must be one of {sorted(RECIPES)}, got {task!r}")
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data_root = output_dir / "data" / f"digits_{num_train}_{num_val}"
-    log(f"building the digits detection set ({num_train} train / {num_val} val canvases) in {data_root}")
-    build_digits_detection(data_root, num_train=num_train, num_val=num_val)
-    config = demo_config(output_dir, data_root, seed)
+    data_root = output_dir / "data" / f"digits_{task}_{num_train}_{num_val}"
+    log(f"building the digits {task} set ({num_train} train / {num_val} val canvases) in {data_root}")
+    DATASETS[task](data_root, num_train=num_train, num_val=num_val)
+    config = demo_config(output_dir, data_root, seed, task)
     config.threads = threads or config.threads
     torch.set_num_threads(config.threads)
     save_config(config, output_dir / RUN_CONFIG)
     data = build_data(config)
     seed_everything(seed)
     model = build_model(config, data.num_classes)
-    task = build_task(config, data, model)
+    task_runner = build_task(config, data, model)
     budget = f"{epochs} epoch(s)" if epochs is not None else f"{minutes:g} minute(s)"
     log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
         f"for {budget} on {torch.get_num_threads()} CPU thread(s)")  # fmt: skip
-    run = train_bounded(config, data, model, task, seconds=None if epochs is not None else minutes * 60,
+    run = train_bounded(config, data, model, task_runner, seconds=None if epochs is not None else minutes * 60,
                         epochs=epochs, log=log)  # fmt: skip
     files = {"run config": output_dir / RUN_CONFIG, "weights": output_dir / FINAL_WEIGHTS,
              "training log": output_dir / "log.jsonl", "metrics": output_dir / "metrics.json"}  # fmt: skip
@@ -278,23 +321,24 @@ def run_demo(
     log(f"evaluating on the {len(data.val)} validation images")
     device = torch.device(config.device)
     val_loader = build_loader(data.val, ShardSampler(len(data.val)), config, train=False, device=device)
-    metrics = task.evaluate(model, val_loader, device)
+    metrics = task_runner.evaluate(model, val_loader, device)
 
     predictor = Predictor(model.eval(), config, data.class_names, device, files["weights"])
     val_images = sorted((data_root / "val" / "images").glob("*.png"))[:NUM_PREDICTION_PNGS]
     files["predictions"] = predict_files(predictor, val_images, output_dir / "predictions",
                                          score_threshold=SCORE_THRESHOLD)  # fmt: skip
-    records = json.loads(files["predictions"].read_text())["images"]
-    busiest = max(records, key=lambda record: len(record["detections"]))  # the most detections: the richest picture
-    figure = sampling_points_figure(model, load_rgb(Path(busiest["file"])), config, data.class_names)
-    files["sampling points"] = output_dir / "sampling_points.png"
-    figure.save(files["sampling points"])
+    if task == "detection":
+        records = json.loads(files["predictions"].read_text())["images"]
+        busiest = max(records, key=lambda record: len(record["detections"]))  # the richest picture
+        figure = sampling_points_figure(model, load_rgb(Path(busiest["file"])), config, data.class_names)
+        files["sampling points"] = output_dir / "sampling_points.png"
+        figure.save(files["sampling points"])
 
     total = time.perf_counter() - start
     summary = {
-        "coco": metrics, "steps": run.steps, "epochs": round(run.epochs, 2), "train_seconds": round(run.seconds, 1),
-        "total_seconds": round(total, 1), "threads": torch.get_num_threads(), "num_train": num_train,
-        "num_val": num_val, "seed": seed,
+        "task": task, **({"coco": metrics} if task == "detection" else metrics), "steps": run.steps,
+        "epochs": round(run.epochs, 2), "train_seconds": round(run.seconds, 1), "total_seconds": round(total, 1),
+        "threads": torch.get_num_threads(), "num_train": num_train, "num_val": num_val, "seed": seed,
     }  # fmt: skip
     files["metrics"].write_text(json.dumps(summary, indent=1) + "\n")
     return DemoResult(output_dir, metrics, run.steps, run.epochs, run.seconds, total, files)

@@ -21,13 +21,15 @@ from PIL import Image
 from timm.data import ImageNetInfo
 from timm.models import PretrainedCfg
 from torch import nn
-from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, RetinaNet
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from deformvision.convert.checkpoint import head_num_classes
-from deformvision.data import IMG_EXTENSIONS
+from deformvision.data import ADE20K_CLASSES, DIGITS_SEMANTIC_CLASSES, IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
 from deformvision.engine.checkpoint import find_checkpoint
+from deformvision.engine.coco_eval import masks_to_rle
 from deformvision.engine.run_dir import RUN_CONFIG
 from deformvision.engine.trainer import FINAL_WEIGHTS
 from deformvision.models import (
@@ -39,7 +41,17 @@ from deformvision.models import (
     read_state_dict,
 )
 from deformvision.models.deformable_detr import DeformableDETR, PostProcess
-from deformvision.viz import add_title, draw_detections, enlarge, legible_scale
+from deformvision.models.segmentation import EncoderDecoder, slide_inference, whole_inference
+from deformvision.viz import (
+    add_legend,
+    add_title,
+    draw_detections,
+    draw_instances,
+    draw_label_map,
+    enlarge,
+    legible_scale,
+    side_by_side,
+)
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -89,6 +101,36 @@ class Predictor:
         return [{k: v[r["scores"] >= score_threshold].cpu() for k, v in r.items()} for r in results]
 
     @torch.no_grad()
+    def segment_instances(
+        self, images: Sequence[Image.Image], score_threshold: float = 0.0
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per image the model's ``boxes`` (original pixels), ``labels``, ``scores`` and, for mask models,
+        ``masks`` ``(n, 1, H, W)`` probabilities, best first, ``score >= score_threshold``."""
+        transform = build_transforms(self.config, train=False)
+        outputs = self.model([transform(image, {})[0].to(self.device) for image in images])
+        results = []
+        for out in outputs:
+            keep = out["scores"] >= score_threshold
+            results.append({k: (v.float() if v.is_floating_point() else v)[keep].cpu() for k, v in out.items()})
+        return results
+
+    @torch.no_grad()
+    def segment(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Per image the ``(H, W)`` int64 label map at its original size (``aug.seg_inference``: whole or slide)."""
+        transform = build_transforms(self.config, train=False)
+        aug = self.config.aug
+        maps = []
+        for image in images:
+            x = transform(image)[None].to(self.device)  # 1, 3, h, w (resized to fit aug.seg_scale)
+            if aug.seg_inference == "slide":
+                logits = slide_inference(self.model, x, crop_size=aug.seg_crop, stride=aug.slide_stride,
+                                         output_size=(image.height, image.width))  # fmt: skip
+            else:
+                logits = whole_inference(self.model, x, output_size=(image.height, image.width))
+            maps.append(logits[0].argmax(0).cpu())
+        return maps
+
+    @torch.no_grad()
     def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[dict[str, torch.Tensor]]:
         """Per image the ``top_k`` most probable classes: ``scores`` (softmax) and ``labels``, best first."""
         transform = build_transforms(self.config, train=False)
@@ -117,8 +159,11 @@ def class_names_of(config: TrainConfig) -> list[str] | None:
 
     Detection: the categories of the validation annotations, in label order (sorted category ids with
     ``contiguous_ids``, else indexed by category id). Classification: the class folders of the validation split.
+    Semantic segmentation: the built-in digits and ADE20K classes (a segmentation_folder has no names).
     """
     data, root = config.data, Path(config.data.root)
+    if data.task == "semantic":
+        return {"digits": list(DIGITS_SEMANTIC_CLASSES), "ade20k": list(ADE20K_CLASSES)}.get(data.format)
     if data.task == "classification":
         split = root / data.val_split
         return sorted(p.name for p in split.iterdir() if p.is_dir()) if split.is_dir() else None
@@ -220,11 +265,22 @@ def _model_config(
         num_classes = head_num_classes(read_state_dict(weights)) if weights is not None else None
     with torch.device("meta"):  # only the kind of model and its default head size are needed
         probe = create_model(model, **({"num_classes": num_classes} if num_classes else {}))
-    task = "detection" if isinstance(probe, DeformableDETR) else "classification"
+    task = task_of(probe)
     config = load_config(None, [f"model.name={model}", f"data.task={task}", *overrides])
     if config.data.num_classes is None:
         config.data.num_classes = num_classes or getattr(probe, "num_classes", None)
     return config
+
+
+def task_of(model: nn.Module) -> str:
+    """The engine task a model is trained and evaluated as (its output contract)."""
+    if isinstance(model, DeformableDETR):
+        return "detection"
+    if isinstance(model, GeneralizedRCNN | RetinaNet):
+        return "instance"
+    if isinstance(model, EncoderDecoder):
+        return "semantic"
+    return "classification"
 
 
 def _pretrained_class_names(cfg: PretrainedCfg | None) -> list[str] | None:
@@ -287,15 +343,42 @@ def _detection_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> 
                             "category": predictor.class_name(label)} for box, score, label in rows]}  # fmt: skip
 
 
+def _instance_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
+    record = _detection_record(predictor, result)
+    if "masks" in result:  # COCO RLE of each mask binarised at 0.5, in original pixels
+        for detection, rle in zip(record["detections"], masks_to_rle(result["masks"]), strict=True):
+            detection["segmentation"] = rle
+    return record
+
+
+def _semantic_record(predictor: Predictor, label_map: torch.Tensor, png: str) -> dict[str, Any]:
+    counts = torch.bincount(label_map.flatten())
+    present = counts.nonzero().flatten().tolist()
+    fractions = (counts[present].double() / label_map.numel()).tolist()
+    classes = [
+        {"label": k, "class": predictor.class_name(k), "fraction": round(f, 4)}
+        for k, f in zip(present, fractions, strict=True)
+    ]
+    return {"label_map": png.removesuffix(".png") + "_labels.png", "classes": classes}
+
+
 def _classification_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
     top = zip(result["labels"].tolist(), result["scores"].tolist(), strict=True)
     return {"top_k": [{"label": label, "class": predictor.class_name(label), "score": round(score, 4)}
                       for label, score in top]}  # fmt: skip
 
 
-def _annotate(predictor: Predictor, image: Image.Image, result: dict[str, torch.Tensor]) -> Image.Image:
+def _annotate(predictor: Predictor, image: Image.Image, result: Any) -> Image.Image:
     scale = legible_scale(image)
-    if predictor.task == "detection":
+    names = predictor.class_names or []
+    if predictor.task == "instance" and "masks" in result:
+        return draw_instances(image, result["masks"], result["boxes"], result["labels"], result["scores"],
+                              predictor.class_names, scale=scale)  # fmt: skip
+    if predictor.task == "semantic":
+        present = torch.unique(result).tolist()
+        overlay = add_legend(draw_label_map(image, result, scale=scale), names, present)
+        return side_by_side([add_title(enlarge(image, scale), "image"), add_title(overlay, "predicted classes")])
+    if predictor.task in ("detection", "instance"):
         return draw_detections(image, result["boxes"], result["labels"], result["scores"], predictor.class_names,
                                scale=scale)  # fmt: skip
     label, score = int(result["labels"][0]), float(result["scores"][0])
@@ -335,6 +418,10 @@ def predict_files(
         batch = [load_rgb(file) for file in files[start : start + batch_size]]
         if predictor.task == "detection":
             results = predictor.detect(batch, score_threshold)
+        elif predictor.task == "instance":
+            results = predictor.segment_instances(batch, score_threshold)
+        elif predictor.task == "semantic":
+            results = predictor.segment(batch)
         else:
             results = predictor.classify(batch, top_k)
         for file, png, image, result in zip(files[start:], pngs[start:], batch, results, strict=False):
@@ -342,12 +429,20 @@ def predict_files(
             record = {"file": str(file), "width": image.width, "height": image.height, "png": png}
             if predictor.task == "detection":
                 record.update(_detection_record(predictor, result))
+            elif predictor.task == "instance":
+                record.update(_instance_record(predictor, result))
+            elif predictor.task == "semantic":
+                record.update(_semantic_record(predictor, result, png))
+                Image.fromarray(result.to(torch.uint8).numpy()).save(output_dir / record["label_map"])
             else:
                 record.update(_classification_record(predictor, result))
             records.append(record)
     summary = {"task": predictor.task, "model": predictor.config.model.name,
                "weights": str(predictor.weights) if predictor.weights else None}  # fmt: skip
-    summary.update({"score_threshold": score_threshold} if predictor.task == "detection" else {"top_k": top_k})
+    if predictor.task in ("detection", "instance"):
+        summary["score_threshold"] = score_threshold
+    elif predictor.task == "classification":
+        summary["top_k"] = top_k
     path = output_dir / PREDICTIONS_FILE
     path.write_text(json.dumps({**summary, "images": records}, indent=1) + "\n")
     return path

@@ -1,6 +1,7 @@
 """Pictures of what the models do, drawn with PIL and saved as PNG (no plotting library needed).
 
 - :mod:`~deformvision.viz.detections`: boxes, class names and scores on an image; titles and panels.
+- :mod:`~deformvision.viz.masks`: instance masks and semantic label maps tinted over an image, a legend.
 - :mod:`~deformvision.viz.sampling_points`: DAT's deformed sampling points (positions vs references, per
   offset group) and the sampling locations of Deformable DETR's multi-scale deformable attention for
   chosen queries (recorded with a forward hook, recomputed from the layer's inputs).
@@ -15,6 +16,7 @@ from deformvision.viz.detections import (
     legible_scale,
     side_by_side,
 )
+from deformvision.viz.masks import add_legend, draw_instances, draw_label_map, label_map_colors
 from deformvision.viz.sampling_points import (
     DatBlockPoints,
     MSDASampling,
@@ -30,14 +32,18 @@ __all__ = [
     "PALETTE",
     "DatBlockPoints",
     "MSDASampling",
+    "add_legend",
     "add_title",
     "dat_points_to_pixels",
     "dat_sampling_points",
     "draw_dat_sampling_points",
     "draw_detections",
+    "draw_instances",
+    "draw_label_map",
     "draw_msda_sampling_locations",
     "enlarge",
     "label_color",
+    "label_map_colors",
     "legible_scale",
     "msda_sampling_locations",
     "record_sampling_locations",
