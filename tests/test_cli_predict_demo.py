@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -183,8 +184,30 @@ def test_demo_end_to_end(tmp_path: Path):
     assert picture.height > 512 and picture.width > 4 * 512  # detections, 2 DAT blocks, decoder locations
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["name"] == "deformable_detr_dat_digits"
     # the run directory serves predict
-    val = out / "data" / "digits_32_16" / "val" / "images"
+    val = out / "data" / "digits_detection_32_16" / "val" / "images"
     assert main(["predict", str(val), "--run", str(out), "--output-dir", str(tmp_path / "p")]) == 0
+
+
+def test_semantic_demo_end_to_end(tmp_path: Path):
+    """``demo --task semantic``: one epoch on 16 canvases; mIoU in metrics.json, class maps drawn and saved."""
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deformvision.cli", "demo", "--task", "semantic", "--epochs", "1", "--num-train", "16",
+         "--num-val", "8", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "mIoU" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "semantic" and 0.0 <= metrics["mIoU"] <= 1.0 and metrics["steps"] == 2
+    predictions = json.loads((out / "predictions" / "predictions.json").read_text())
+    assert predictions["task"] == "semantic" and len(predictions["images"]) == 8
+    for image in predictions["images"]:
+        label_map = np.array(Image.open(out / "predictions" / image["label_map"]))
+        assert label_map.shape == (128, 128) and label_map.max() <= 10
+        fractions = {c["label"]: c["fraction"] for c in image["classes"]}
+        assert fractions == {k: pytest.approx((label_map == k).mean(), abs=1e-4) for k in np.unique(label_map)}
+        assert Image.open(out / "predictions" / image["png"]).width > 2 * 384  # image and overlay side by side
 
 
 def test_predict_with_a_model_name_uses_its_pretrained_weights(two_images, tmp_path, monkeypatch, capsys):

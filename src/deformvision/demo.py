@@ -39,7 +39,12 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from deformvision.data import build_digits_detection, build_digits_instance, build_digits_semantic
+from deformvision.data import (
+    DIGITS_SEMANTIC_CLASSES,
+    build_digits_detection,
+    build_digits_instance,
+    build_digits_semantic,
+)
 from deformvision.data._image import load_rgb
 from deformvision.engine import (
     DataBundle,
@@ -305,6 +310,8 @@ def run_demo(
     torch.set_num_threads(config.threads)
     save_config(config, output_dir / RUN_CONFIG)
     data = build_data(config)
+    if task == "semantic":  # a segmentation folder has no class names; these are the built-in set's
+        data.class_names = list(DIGITS_SEMANTIC_CLASSES)
     seed_everything(seed)
     model = build_model(config, data.num_classes)
     task_runner = build_task(config, data, model)

@@ -376,7 +376,8 @@ def _annotate(predictor: Predictor, image: Image.Image, result: Any) -> Image.Im
                               predictor.class_names, scale=scale)  # fmt: skip
     if predictor.task == "semantic":
         present = torch.unique(result).tolist()
-        overlay = add_legend(draw_label_map(image, result, scale=scale), names, present)
+        background = [k for k in present if k < len(names) and names[k] == "background"]  # left untinted
+        overlay = add_legend(draw_label_map(image, result, skip=background, scale=scale), names, present)
         return side_by_side([add_title(enlarge(image, scale), "image"), add_title(overlay, "predicted classes")])
     if predictor.task in ("detection", "instance"):
         return draw_detections(image, result["boxes"], result["labels"], result["scores"], predictor.class_names,
