@@ -169,3 +169,18 @@ def test_eval_scores_and_masks_merge_the_stages(score_merge: str) -> None:
     labels = torch.cat([d["labels"] for d in detections])
     stage_probs = [m.sigmoid()[torch.arange(len(labels)), labels] for m in seen["mask"]]  # each (D, 28, 28)
     torch.testing.assert_close(torch.cat([d["masks"] for d in detections])[:, 0], sum(stage_probs) / 3)
+
+
+def test_train_image_without_objects() -> None:
+    """An image without GT gives only background RoIs: finite losses, zero box and mask losses."""
+    heads = make_heads(num_classes=3).train()
+    target = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, SIZE, SIZE),
+    }
+    losses = heads(make_features(1), [random_boxes(5, seed=10)], IMAGE_SHAPES[:1], [target])[1]
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    for t in range(3):
+        assert losses[f"loss_box_giou_stage{t}"].item() == 0 and losses[f"loss_mask_stage{t}"].item() == 0
+        assert losses[f"loss_classifier_stage{t}"].item() > 0

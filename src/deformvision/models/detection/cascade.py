@@ -70,7 +70,7 @@ class CascadeStage(nn.Module):
 
     def decode(self, box_regression: torch.Tensor, rois: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Boxes ``(N, 4)`` of ``rois (N, 4)`` regressed by class ``labels (N,)`` with ``box_regression (N, 4 C)``."""
-        deltas = box_regression.reshape(box_regression.shape[0], -1, 4)  # N, C, 4
+        deltas = box_regression.reshape(box_regression.shape[0], box_regression.shape[1] // 4, 4)  # N, C, 4
         deltas = deltas[torch.arange(labels.shape[0], device=labels.device), labels]  # N, 4
         return self.box_coder.decode_single(deltas, rois)
 
