@@ -4,7 +4,7 @@
 |---|---|---|---|
 | ``retinanet_dat`` | torchvision ``RetinaNet`` | DAT stages 1-3, FPN P3-P7 | 38.5M / 59.9M / 98.5M |
 | ``mask_rcnn_dat`` | torchvision ``MaskRCNN`` | DAT stages 0-3, FPN P2-P6 | 47.8M / 69.2M / 107.3M |
-| ``cascade_mask_rcnn_dat`` | ``CascadeMaskRCNN`` (ours) | DAT stages 0-3, FPN P2-P6 | 85.7M / 107.1M / 145.2M |
+| ``cascade_mask_rcnn_dat`` | ``CascadeMaskRCNN`` (ours) | DAT stages 0-3, FPN P2-P6 | 85.7M / 107.1M / 145.1M |
 
 Heads follow mmdet v2 as used by the Swin and DAT detection repos (see ``/work/notes/issue13_spec.md``):
 
@@ -211,19 +211,19 @@ def _create(
 
 @register_model
 def retinanet_dat_tiny(pretrained: bool = False, **kwargs: Any) -> DATRetinaNet:
-    """RetinaNet on DAT-T: 38.4M parameters (arguments: see :func:`_create`)."""
+    """RetinaNet on DAT-T: 38.5M parameters (arguments: see :func:`_create`)."""
     return _create(DATRetinaNet, "retinanet_dat_tiny", "p3-p7", pretrained, **kwargs)
 
 
 @register_model
 def retinanet_dat_small(pretrained: bool = False, **kwargs: Any) -> DATRetinaNet:
-    """RetinaNet on DAT-S: 59.8M parameters (arguments: see :func:`_create`)."""
+    """RetinaNet on DAT-S: 59.9M parameters (arguments: see :func:`_create`)."""
     return _create(DATRetinaNet, "retinanet_dat_small", "p3-p7", pretrained, **kwargs)
 
 
 @register_model
 def retinanet_dat_base(pretrained: bool = False, **kwargs: Any) -> DATRetinaNet:
-    """RetinaNet on DAT-B: 98.4M parameters (arguments: see :func:`_create`)."""
+    """RetinaNet on DAT-B: 98.5M parameters (arguments: see :func:`_create`)."""
     return _create(DATRetinaNet, "retinanet_dat_base", "p3-p7", pretrained, **kwargs)
 
 
@@ -259,5 +259,5 @@ def cascade_mask_rcnn_dat_small(pretrained: bool = False, **kwargs: Any) -> DATC
 
 @register_model
 def cascade_mask_rcnn_dat_base(pretrained: bool = False, **kwargs: Any) -> DATCascadeMaskRCNN:
-    """Cascade Mask R-CNN on DAT-B: 145.2M parameters (arguments: see :func:`_create`)."""
+    """Cascade Mask R-CNN on DAT-B: 145.1M parameters (arguments: see :func:`_create`)."""
     return _create(DATCascadeMaskRCNN, "cascade_mask_rcnn_dat_base", "p2-p6", pretrained, **kwargs)
