@@ -119,7 +119,20 @@ SEMANTIC_RECIPE: dict[str, Any] = {
     "device": "cpu",
     "threads": 1,
 }  # fmt: skip
-RECIPES: dict[str, dict[str, Any]] = {"detection": RECIPE, "semantic": SEMANTIC_RECIPE}
+INSTANCE_RECIPE: dict[str, Any] = {
+    "model": {"name": "mask_rcnn_dat_tiny",
+              "kwargs": {"backbone_kwargs": _DIGITS_DAT, "drop_path_rate": 0.0, "min_size": 128, "max_size": 128,
+                         "fpn_channels": 64, "representation_size": 256, "mask_channels": 64,
+                         "anchor_sizes": [8, 16, 32, 64, 128]}},  # digits of 8-40 pixels
+    "data": {"task": "instance", "format": "coco", "train_split": "train/images", "val_split": "val/images",
+             "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json",
+             "batch_size": 8, "num_workers": 0},
+    "aug": {"hflip": 0.0, "crop": None},
+    "optim": {"lr": 5.0e-4, "weight_decay": 0.05, "clip_grad": 1.0},
+    "device": "cpu",
+    "threads": 1,
+}  # fmt: skip
+RECIPES: dict[str, dict[str, Any]] = {"detection": RECIPE, "instance": INSTANCE_RECIPE, "semantic": SEMANTIC_RECIPE}
 DATASETS: dict[str, Callable[..., Path]] = {
     "detection": build_digits_detection, "instance": build_digits_instance, "semantic": build_digits_semantic,
 }  # fmt: skip

@@ -77,6 +77,7 @@ def dat_fpn(
     pretrained_backbone: bool = False,
     drop_path_rate: float | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
+    fpn_channels: int = FPN_CHANNELS,
 ) -> DATFPN:
     """Build :class:`DATFPN` on the registered ``dat_{size}``.
 
@@ -88,6 +89,7 @@ def dat_fpn(
         drop_path_rate: stochastic depth of the DAT (default: the variant's ImageNet value).
         backbone_kwargs: further ``dat_{size}`` arguments overriding the variant's (e.g. narrow ``dims``
             for tests); ``features_only`` and ``out_indices`` are set here.
+        fpn_channels: the FPN's width.
     """
     if size not in _DAT_BUILDERS:
         raise ValueError(f"size must be one of {list(_DAT_BUILDERS)}, got {size!r}")
@@ -102,4 +104,4 @@ def dat_fpn(
     body = _DAT_BUILDERS[size](
         pretrained=pretrained_backbone, features_only=True, out_indices=_OUT_INDICES[levels], **kwargs
     )
-    return DATFPN(body, levels)
+    return DATFPN(body, levels, fpn_channels)

@@ -37,10 +37,12 @@ from timm.models import generate_default_cfgs
 from torch import nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from deformvision.models._registry import build_model, register_model
-from deformvision.models.detection.backbone import DATFPN, dat_fpn
+from deformvision.models.detection.backbone import DATFPN, FPN_CHANNELS, dat_fpn
 from deformvision.models.detection.cascade import CascadeMaskRCNN
 
 DROP_PATH_RATES: dict[str, float] = {"tiny": 0.2, "small": 0.3, "base": 0.5}
@@ -129,12 +131,18 @@ class DATMaskRCNN(ZeroBasedLabels, MaskRCNN):
     Args:
         backbone: a P2-P6 :class:`DATFPN`.
         num_classes: object classes (labels ``0..num_classes - 1``; torchvision's heads get one more).
-        min_size, max_size: image resizing; **kwargs: further ``MaskRCNN`` arguments.
+        min_size, max_size: image resizing.
+        anchor_sizes: one anchor size per FPN level P2-P6 (default torchvision's 32-512, for COCO-sized
+            images; small images want small anchors), with ratios 0.5 / 1 / 2.
+        representation_size, mask_channels: widths of the box head's two fully-connected layers
+            (default 1024) and of the mask head's convolutions (default 256); smaller heads for small data.
+        **kwargs: further ``MaskRCNN`` arguments.
     """
 
     def __init__(
         self, backbone: DATFPN, num_classes: int = 80, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
-        **kwargs: Any,
+        anchor_sizes: tuple[int, ...] | None = None, representation_size: int | None = None,
+        mask_channels: int | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
         kwargs = {
             "rpn_post_nms_top_n_train": 1000,
@@ -142,7 +150,22 @@ class DATMaskRCNN(ZeroBasedLabels, MaskRCNN):
             "mask_roi_pool": MultiScaleRoIAlign(_ROI_LEVELS, output_size=14, sampling_ratio=0),
             **kwargs,
         }
-        super().__init__(backbone, num_classes + 1, min_size, max_size, _MEAN, _STD, **kwargs)
+        if anchor_sizes is not None:
+            if len(anchor_sizes) != 5:
+                raise ValueError(f"anchor_sizes needs one size per level P2-P6 (5), got {list(anchor_sizes)}")
+            kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+        heads_classes = num_classes + 1
+        channels = backbone.out_channels
+        if representation_size is not None:  # torchvision's heads at another width (its defaults: 1024)
+            kwargs["box_head"] = TwoMLPHead(channels * 7 * 7, representation_size)
+            kwargs["box_predictor"] = FastRCNNPredictor(representation_size, heads_classes)
+        if mask_channels is not None:  # (its defaults: 256)
+            kwargs["mask_head"] = MaskRCNNHeads(channels, (mask_channels,) * 4, 1)
+            kwargs["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, heads_classes)
+        own_heads = representation_size is not None or mask_channels is not None
+        if own_heads and (representation_size is None or mask_channels is None):
+            raise ValueError("give both representation_size and mask_channels (or neither)")
+        super().__init__(backbone, None if own_heads else heads_classes, min_size, max_size, _MEAN, _STD, **kwargs)
         self.num_classes = num_classes
 
 
@@ -184,6 +207,7 @@ def _create(
     pretrained_backbone: bool = False,
     drop_path_rate: float | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
+    fpn_channels: int = FPN_CHANNELS,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered detector (the factories' shared body).
@@ -196,6 +220,7 @@ def _create(
         pretrained_backbone: load DAT's ImageNet-1k weights into the backbone.
         drop_path_rate: DAT stochastic depth (default :data:`DROP_PATH_RATES` of the size).
         backbone_kwargs: further ``dat_{size}`` arguments (e.g. narrow ``dims`` for tests).
+        fpn_channels: the FPN's width (the paper's: 256).
         **kwargs: detector arguments (``min_size``, ``max_size``, ...) and the registry's
             ``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``.
     """
@@ -203,7 +228,7 @@ def _create(
 
     def build(**detector_kwargs: Any) -> nn.Module:
         rate = DROP_PATH_RATES[size] if drop_path_rate is None else drop_path_rate
-        backbone = dat_fpn(size, levels, pretrained_backbone and not pretrained, rate, backbone_kwargs)
+        backbone = dat_fpn(size, levels, pretrained_backbone and not pretrained, rate, backbone_kwargs, fpn_channels)
         return detector(backbone, **detector_kwargs)
 
     return build_model(build, variant, pretrained, num_classes=num_classes, **kwargs)
