@@ -276,3 +276,19 @@ def test_torch_compile_inductor():
         expected = model(images)
         got = torch.compile(model)(images)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_class_weight_weights_the_pixel_losses():
+    """Against a hand computation: sum of w[t] * CE over the counted pixels, divided by the sum of their weights."""
+    torch.manual_seed(0)
+    model = narrow("semantic_fpn_dat_tiny", num_classes=3, class_weight=[0.2, 1.0, 3.0])
+    logits = torch.randn(2, 3, 4, 5)
+    targets = torch.randint(0, 3, (2, 4, 5))
+    targets[0, 0, :3] = 255
+    weight = torch.tensor([0.2, 1.0, 3.0])
+    keep = targets != 255
+    per_pixel = -logits.log_softmax(1).gather(1, targets.clamp(max=2)[:, None])[:, 0]
+    expected = (weight[targets.clamp(max=2)] * per_pixel)[keep].sum() / weight[targets.clamp(max=2)][keep].sum()
+    torch.testing.assert_close(model.cross_entropy(logits, targets), expected)
+    with pytest.raises(ValueError, match="class_weight must be 3 non-negative numbers"):
+        narrow("semantic_fpn_dat_tiny", num_classes=3, class_weight=[1.0, 1.0])

@@ -69,6 +69,9 @@ class EncoderDecoder(nn.Module):
             no such pixel gives loss 0 and zero gradients). ``False``: over all pixels, ignored ones
             counting 0, which is what the mmseg v0.x ``CrossEntropyLoss`` of the official configs did (a
             loss scaled by the fraction of labelled pixels).
+        class_weight: one loss weight per class (mmseg's ``class_weight``), e.g. a small weight for a
+            background that covers most pixels; the average is then over the weights of the pixels
+            counted. Default: every class 1.
 
     Training needs more than one image per BatchNorm (local batch >= 2, or SyncBatchNorm across
     processes): see :mod:`deformvision.models.segmentation.heads`.
@@ -84,11 +87,18 @@ class EncoderDecoder(nn.Module):
         aux_weight: float = 0.4,
         ignore_index: int = 255,
         avg_non_ignore: bool = True,
+        class_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes: int = decode_head.num_classes
         if 0 <= ignore_index < self.num_classes:
             raise ValueError(f"ignore_index must not be a class index in [0, {self.num_classes}), got {ignore_index}")
+        if class_weight is not None and (len(class_weight) != self.num_classes or min(class_weight) < 0):
+            raise ValueError(f"class_weight must be {self.num_classes} non-negative numbers, got {list(class_weight)}")
+        self.register_buffer(
+            "class_weight", torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None,
+            persistent=False,
+        )  # fmt: skip
         self.backbone = backbone
         self.neck = neck
         self.decode_head = decode_head
@@ -149,8 +159,15 @@ class EncoderDecoder(nn.Module):
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Pixel cross-entropy of ``(B, K, H, W)`` logits against ``(B, H, W)`` targets (see ``avg_non_ignore``)."""
-        total = F.cross_entropy(logits, targets, ignore_index=self.ignore_index, reduction="sum")
-        count = (targets != self.ignore_index).sum() if self.avg_non_ignore else targets.new_tensor(targets.numel())
+        weight = self.class_weight.to(logits.dtype) if self.class_weight is not None else None
+        total = F.cross_entropy(logits, targets, weight=weight, ignore_index=self.ignore_index, reduction="sum")
+        counted = targets != self.ignore_index
+        if weight is not None:  # the weights of the counted pixels (ignored ones weigh 0)
+            count = weight[targets.clamp(0, self.num_classes - 1)][counted].sum()
+            if not self.avg_non_ignore:
+                count = count * targets.numel() / counted.sum().clamp(min=1)
+            return total / count.clamp(min=1e-12)
+        count = counted.sum() if self.avg_non_ignore else targets.new_tensor(targets.numel())
         return total / count.clamp(min=1)
 
     # ----------------------------------------------------------------------------------------------
