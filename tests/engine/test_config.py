@@ -68,7 +68,7 @@ def test_defaults_without_a_file():
         (["optim.lr=fast"], "optim.lr must be float, got 'fast'"),
         (["data.batch_size=2.5"], "data.batch_size must be int"),
         (["aug.crop=[1, 2, 3]"], "aug.crop must be a list of 2 values"),
-        (["schedule.name=linear"], "schedule.name must be one of cosine, step; got 'linear'"),
+        (["schedule.name=linear"], "schedule.name must be one of cosine, step, poly; got 'linear'"),
         (["amp=fp8"], "amp must be one of none, auto, bf16, fp16"),
         (["optim=3"], "optim must be a mapping"),
         (["optim.lr"], "must look like section.key=value"),

@@ -1,13 +1,22 @@
 """Learning-rate schedules and optimizer parameter groups."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from engine_utils import TINY_DAT
 
-from deformvision.engine.config import OptimConfig, ScheduleConfig
-from deformvision.engine.optim import StepDecay, WarmupCosine, build_optimizer, build_scheduler, param_groups
+from deformvision.engine.config import OptimConfig, ScheduleConfig, load_config
+from deformvision.engine.optim import (
+    LinearWarmup,
+    PolyDecay,
+    StepDecay,
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+)
 from deformvision.models import create_model
 from deformvision.models.deformable_detr import DeformableDETR
 
@@ -46,7 +55,7 @@ def test_scheduler_applies_to_every_group_per_step():
     for step, (main, other) in enumerate(seen):
         assert main == pytest.approx(1e-3 * factors(step)) and other == pytest.approx(1e-4 * factors(step))
 
-    step_config = ScheduleConfig(name="step", epochs=3, lr_drop=(2,))
+    step_config = ScheduleConfig(name="step", epochs=3, lr_drop=(2,), warmup_epochs=0)
     optimizer = torch.optim.AdamW([params[0]], lr=2e-4)
     scheduler = build_scheduler(optimizer, step_config, steps_per_epoch=4, base_lr=2e-4)
     lrs = []
@@ -111,3 +120,18 @@ def test_lr_scale_and_frozen_parameters(tiny_detector):
     names = {n for g in groups for n in g["param_names"]}
     assert not any(n.startswith("backbone.stem.") for n in names)
     assert sorted({g["lr"] for g in groups}) == pytest.approx([2e-4, 2e-3])
+
+
+def test_poly_decay_with_linear_warmup_values():
+    """mmseg's poly (power 1: linear to 0) after mmcv's linear warmup, against the formulas written out."""
+    schedule = LinearWarmup(PolyDecay(total_steps=100, power=1.0, min_factor=0.0), warmup_steps=10, warmup_factor=1e-6)
+    assert schedule(0) == pytest.approx(1e-6)
+    assert schedule(5) == pytest.approx((1 - 5 / 100) * (1e-6 + (1 - 1e-6) * 5 / 10))
+    assert schedule(10) == pytest.approx(0.9) and schedule(50) == pytest.approx(0.5) and schedule(100) == 0.0
+    poly = PolyDecay(total_steps=80, power=0.9, min_factor=0.1)
+    assert poly(20) == pytest.approx(0.1 + 0.9 * 0.75**0.9) and poly(200) == pytest.approx(0.1)
+
+
+def test_step_schedule_warmup_is_off_in_the_official_detr_config():
+    config = load_config(Path(__file__).parents[2] / "configs" / "deformable_detr_r50_coco.yaml")
+    assert config.schedule.warmup_epochs == 0

@@ -140,17 +140,21 @@ class ScheduleConfig:
 
     ``cosine``: linear warmup from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then
     ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` (timm's, as DAT/Swin). ``step``: ``lr`` times
-    ``gamma`` for every epoch of ``lr_drop`` passed (Deformable DETR's StepLR). ``warmup_lr`` and
-    ``min_lr`` are relative to ``optim.lr`` (other groups and batch scaling follow proportionally).
+    ``gamma`` for every epoch of ``lr_drop`` passed (Deformable DETR's StepLR; the detection 1x / 3x
+    schedules). ``poly``: ``min_lr + (lr - min_lr) (1 - t / T) ** power`` (mmseg's). ``step`` and ``poly``
+    are ramped in linearly over ``warmup_epochs`` from ``warmup_lr / lr`` times their value (mmcv's
+    linear warmup; set ``warmup_epochs: 0`` for none). ``warmup_lr`` and ``min_lr`` are relative to
+    ``optim.lr`` (other groups and batch scaling follow proportionally).
     """
 
-    name: str = "cosine"  # cosine | step
+    name: str = "cosine"  # cosine | step | poly
     epochs: int = 300
     warmup_epochs: float = 20.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     lr_drop: tuple[int, ...] = (40,)
     gamma: float = 0.1
+    power: float = 0.9  # poly
 
 
 @dataclass
@@ -206,7 +210,7 @@ _CHOICES = {
     ("data", "format"): ("image_folder", "coco", "ade20k", "segmentation_folder", "digits"),
     ("aug", "seg_inference"): ("whole", "slide"),
     ("optim", "name"): ("adamw", "sgd"),
-    ("schedule", "name"): ("cosine", "step"),
+    ("schedule", "name"): ("cosine", "step", "poly"),
     ("amp",): ("none", "auto", "bf16", "fp16"),
 }
 _POSITIVE = (("data", "batch_size"), ("schedule", "epochs"), ("log", "interval"), ("checkpoint", "keep"),

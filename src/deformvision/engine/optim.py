@@ -14,6 +14,7 @@ stepped after every optimizer step, so their state (``last_epoch`` = steps done)
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,34 @@ class StepDecay:
         return self.gamma ** sum(epoch >= drop for drop in self.drop_epochs)
 
 
+@dataclass
+class PolyDecay:
+    """mmseg's poly schedule: ``min_factor + (1 - min_factor) (1 - t / total_steps) ** power`` (0 from the end on)."""
+
+    total_steps: int
+    power: float = 0.9
+    min_factor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        remaining = max(0.0, 1.0 - step / self.total_steps)
+        return self.min_factor + (1.0 - self.min_factor) * remaining**self.power
+
+
+@dataclass
+class LinearWarmup:
+    """``schedule`` with its first ``warmup_steps`` ramped linearly from ``warmup_factor`` times it
+    (mmcv's ``warmup='linear'``: the factor multiplies the schedule's own value)."""
+
+    schedule: Callable[[int], float]
+    warmup_steps: int = 0
+    warmup_factor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step >= self.warmup_steps:
+            return self.schedule(step)
+        return self.schedule(step) * (self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, base_lr: float
 ) -> LambdaLR:
@@ -128,13 +157,18 @@ def build_scheduler(
     same batch size) applied to every group: groups with other learning rates, and learning rates scaled
     with the batch size, follow the same curve proportionally.
     """
+    warmup_steps, warmup_factor = round(config.warmup_epochs * steps_per_epoch), config.warmup_lr / base_lr
     if config.name == "cosine":
         schedule = WarmupCosine(
             total_steps=config.epochs * steps_per_epoch,
-            warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-            warmup_factor=config.warmup_lr / base_lr,
+            warmup_steps=warmup_steps,
+            warmup_factor=warmup_factor,
             min_factor=config.min_lr / base_lr,
         )
+    elif config.name == "poly":
+        decay = PolyDecay(config.epochs * steps_per_epoch, config.power, config.min_lr / base_lr)
+        schedule = LinearWarmup(decay, warmup_steps, warmup_factor)
     else:
-        schedule = StepDecay(steps_per_epoch, tuple(config.lr_drop), config.gamma)
+        schedule = LinearWarmup(StepDecay(steps_per_epoch, tuple(config.lr_drop), config.gamma), warmup_steps,
+                                warmup_factor)  # fmt: skip
     return LambdaLR(optimizer, schedule)
