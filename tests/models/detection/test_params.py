@@ -6,8 +6,8 @@ import torch
 from deformvision.models import create_model, get_pretrained_cfg, list_models
 
 # Reference parameter counts (millions, 80 COCO classes). "paper": the DAT v1 paper's table, as quoted
-# by other papers (QFormer README, DAMamba / RMT tables; see /work/notes/issue13_spec.md §6) -- verified.
-# "spec": computed analytically from the mmdet head definitions in issue13_spec.md §7 (no verified paper
+# by other papers (QFormer README, DAMamba / RMT tables; see docs/dense_prediction_notes.md §6) -- verified.
+# "spec": computed analytically from the mmdet head definitions in docs/dense_prediction_notes.md §7 (no verified paper
 # number: the RetinaNet and cascade-B rows the note recalls from the paper, 38M / ~60M / ~145M, agree).
 REFERENCE_MPARAMS = {
     "retinanet_dat_tiny": (38.49, "spec"),  # paper ~38M (unverified)

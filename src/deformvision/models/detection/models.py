@@ -6,7 +6,7 @@
 | ``mask_rcnn_dat`` | torchvision ``MaskRCNN`` | DAT stages 0-3, FPN P2-P6 | 47.8M / 69.2M / 107.3M |
 | ``cascade_mask_rcnn_dat`` | ``CascadeMaskRCNN`` (ours) | DAT stages 0-3, FPN P2-P6 | 85.7M / 107.1M / 145.1M |
 
-Heads follow mmdet v2 as used by the Swin and DAT detection repos (see ``/work/notes/issue13_spec.md``):
+Heads follow mmdet v2 as used by the Swin and DAT detection repos (see ``docs/dense_prediction_notes.md``):
 
 - RetinaNet: 4 conv 256 per branch, 9 anchors per location (octave base 4, 3 scales per octave,
   ratios 0.5/1/2, strides 8-128), focal loss and L1; test score 0.05, NMS 0.5, 100 per image.

@@ -2,7 +2,7 @@
 
 The structures are those of mmseg v0.x (``FPNHead``, ``UPerHead``, ``FCNHead``), used by the Swin and
 DAT(++) segmentation configs that the DAT paper's ADE20K numbers come from (see
-``/work/notes/issue13_spec.md`` sections 5 and 7): every 3x3 / 1x1 conv is followed by BatchNorm and
+``docs/dense_prediction_notes.md`` sections 5 and 7): every 3x3 / 1x1 conv is followed by BatchNorm and
 ReLU (and so has no bias); every head ends with ``Dropout2d(0.1)`` and a 1x1 classifier with bias.
 
 BatchNorm: the official configs use SyncBN. Under DDP convert the model with

@@ -1,7 +1,7 @@
 """Registered ADE20K segmentation models of the DAT paper (arXiv 2201.00520, Table 4): Semantic FPN and UperNet.
 
 Structure as the mmseg v0.x configs the paper's numbers come from (the Swin / DAT++ segmentation bases;
-the DAT v1 configs were never published: see ``/work/notes/issue13_spec.md`` sections 5-7):
+the DAT v1 configs were never published: see ``docs/dense_prediction_notes.md`` sections 5-7):
 
 - ``semantic_fpn_dat_*``: DAT stages 1-4 (strides 4-32) -> :class:`FPNNeck` (256 channels, 4 levels)
   -> :class:`FPNHead` (128 channels). No auxiliary head.
