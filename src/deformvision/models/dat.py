@@ -17,11 +17,9 @@ and position biases are computed for the size seen); see :class:`DAT`.
 
 import logging
 import math
-import re
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import FeatureInfo, generate_default_cfgs
@@ -31,6 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
+from deformvision.models._dat_official import is_official_dat, rename_official_dat, resize_table
 from deformvision.models._registry import build_model, register_model
 
 logger = logging.getLogger(__name__)
@@ -368,17 +367,19 @@ class DAT(nn.Module):
           a ``features_only`` backbone, is dropped and the model keeps its own (fresh) values; a
           backbone's per-output norms missing from a classifier checkpoint keep their fresh values.
         """
-        if any(k.startswith(("patch_proj.", "down_projs.", "cls_head.")) for k in state_dict):
-            state_dict = self._rename_official(state_dict)
+        if is_official_dat(state_dict):
+            window_blocks = {(i, j) for i, stage in enumerate(self.stages) for j, block in enumerate(stage.blocks)
+                             if isinstance(block.attn, WindowAttention)}  # fmt: skip
+            state_dict = rename_official_dat(state_dict, window_blocks)
         own = self.state_dict()
         converted = {}
         for key, value in state_dict.items():
             if key.endswith("rpe_table") and key in own and value.shape != own[key].shape and value.ndim == 3:
-                value = _resize_table(value, own[key].shape[1:])
+                value = resize_table(value, own[key].shape[1:])
             elif key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
                 side, new_side = math.isqrt(value.shape[0]), math.isqrt(own[key].shape[0])
                 table = value.T.reshape(1, -1, side, side)  # 1, heads, 2w-1, 2w-1
-                value = _resize_table(table[0], (new_side, new_side)).reshape(-1, new_side**2).T
+                value = resize_table(table[0], (new_side, new_side)).reshape(-1, new_side**2).T
             converted[key] = value
         if self.features_only:
             for key in [k for k in converted if k.startswith(("head.", "norm."))]:
@@ -398,40 +399,6 @@ class DAT(nn.Module):
                 else:
                     del converted[key]
         return converted
-
-    def _rename_official(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        renamed = {}
-        for key, value in state_dict.items():
-            if key.endswith(("attn_mask", "relative_position_index")):
-                continue  # size-dependent buffers: ours are computed at run time
-            new = key.replace(".norm.", ".")  # LayerNormProxy(C).norm -> nn.LayerNorm(C)
-            new = re.sub(r"^patch_proj\.0\.", "stem.proj.", new)
-            new = re.sub(r"^patch_proj\.1\.", "stem.norm.", new)
-            new = re.sub(r"^down_projs\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.proj.", new)
-            new = re.sub(r"^down_projs\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.norm.", new)
-            new = re.sub(r"^cls_norm\.", "norm.", new)
-            new = re.sub(r"^cls_head\.", "head.", new)
-            new = re.sub(
-                r"^stages\.(\d+)\.layer_norms\.(\d+)\.",
-                lambda m: f"stages.{m[1]}.blocks.{int(m[2]) // 2}.norm{int(m[2]) % 2 + 1}.",
-                new,
-            )
-            new = re.sub(r"^stages\.(\d+)\.mlps\.(\d+)\.chunk\.linear([12])\.", r"stages.\1.blocks.\2.mlp.fc\3.", new)
-            new = re.sub(r"^stages\.(\d+)\.attns\.(\d+)\.", r"stages.\1.blocks.\2.attn.", new)
-            if ".attn." in new:
-                block = self.stages[int(new.split(".")[1])].blocks[int(new.split(".")[3])]
-                if isinstance(block.attn, WindowAttention):
-                    new = new.replace(".proj_qkv.", ".qkv.").replace(".proj_out.", ".proj.")
-                elif re.search(r"\.proj_(q|k|v|out)\.weight$", new):
-                    value = value.flatten(1)  # 1x1 conv (C, C, 1, 1) -> linear (C, C)
-            renamed[new] = value
-        return renamed
-
-
-def _resize_table(table: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bicubic resize of a ``(heads, h, w)`` position table to ``(heads, *size)``."""
-    resized = F.interpolate(table[None].float(), size=tuple(size), mode="bicubic", align_corners=False)
-    return resized[0].to(table.dtype)
 
 
 def _init_weights(module: nn.Module) -> None:
