@@ -243,7 +243,8 @@ def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
 def build_loader(
     dataset: Dataset, sampler: Sampler[int], config: TrainConfig, *, train: bool, device: torch.device
 ) -> DataLoader:
-    """A loader over ``sampler``'s indices (detection batches padded with masks).
+    """A loader over ``sampler``'s indices (detection batches padded with masks; instance batches as lists;
+    semantic evaluation one image at a time, since label maps keep their sizes).
 
     The loader has its own seeded generator so that creating an iterator never consumes the global
     RNG (which a resumed run restores exactly); workers are not persistent, so they see the dataset's
@@ -251,6 +252,8 @@ def build_loader(
     """
     data = config.data
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
+    if data.task == "semantic" and not train:
+        batch_size = 1  # label maps keep their original sizes (mmseg's protocol): one image per batch
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=data.num_workers,
         collate_fn={"detection": collate_detection, "instance": collate_instances}.get(data.task),
