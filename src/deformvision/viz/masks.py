@@ -85,16 +85,24 @@ def draw_label_map(
 
 
 def add_legend(image: Image.Image, class_names: Sequence[str], classes: Sequence[int]) -> Image.Image:
-    """``image`` with a white band below it: a swatch of each class's colour and its name, in a row."""
+    """``image`` with a white band below it: a swatch of each class's colour and its name, in rows that fit."""
     text_font = font()
-    entries = [(class_names[k] if k < len(class_names) and class_names[k] else str(k), label_color(k)) for k in classes]
-    height = text_font.getbbox("Hg")[3] + 8
-    out = Image.new("RGB", (image.width, image.height + height), (255, 255, 255))
+    line = text_font.getbbox("Hg")[3] + 8
+    measure = ImageDraw.Draw(image.copy())
+    entries = []  # (x, row, name, colour)
+    x, row = 4, 0
+    for k in classes:
+        name = class_names[k] if k < len(class_names) and class_names[k] else str(k)
+        width = line + int(measure.textlength(name, font=text_font)) + 8
+        if x > 4 and x + width > image.width:
+            x, row = 4, row + 1
+        entries.append((x, row, name, label_color(k)))
+        x += width
+    out = Image.new("RGB", (image.width, image.height + line * (row + 1)), (255, 255, 255))
     out.paste(image.convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(out)
-    x, y = 4, image.height + 4
-    for name, color in entries:
-        draw.rectangle((x, y, x + height - 8, y + height - 8), fill=color)
-        draw.text((x + height - 4, y), name, fill=(0, 0, 0), font=text_font)
-        x += height + int(draw.textlength(name, font=text_font)) + 8
+    for x, row, name, color in entries:
+        y = image.height + 4 + row * line
+        draw.rectangle((x, y, x + line - 8, y + line - 8), fill=color)
+        draw.text((x + line - 4, y), name, fill=(0, 0, 0), font=text_font)
     return out
