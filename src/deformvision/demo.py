@@ -123,7 +123,10 @@ INSTANCE_RECIPE: dict[str, Any] = {
     "model": {"name": "mask_rcnn_dat_tiny",
               "kwargs": {"backbone_kwargs": _DIGITS_DAT, "drop_path_rate": 0.0, "min_size": 128, "max_size": 128,
                          "fpn_channels": 64, "representation_size": 256, "mask_channels": 64,
-                         "anchor_sizes": [8, 16, 32, 64, 128]}},  # digits of 8-40 pixels
+                         "anchor_sizes": [8, 16, 32, 64, 128],  # digits of 8-40 pixels
+                         # fewer proposals and sampled RoIs than for COCO: <= 6 objects per image, 2.8x faster steps
+                         "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+                         "box_batch_size_per_image": 128}},
     "data": {"task": "instance", "format": "coco", "train_split": "train/images", "val_split": "val/images",
              "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json",
              "batch_size": 8, "num_workers": 0},
