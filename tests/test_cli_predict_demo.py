@@ -210,6 +210,25 @@ def test_semantic_demo_end_to_end(tmp_path: Path):
         assert Image.open(out / "predictions" / image["png"]).width > 2 * 384  # image and overlay side by side
 
 
+def test_instance_demo_end_to_end(tmp_path: Path):
+    """``demo --task instance``: one epoch on 16 canvases; box and mask AP in metrics.json, masks as RLE."""
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deformvision.cli", "demo", "--task", "instance", "--epochs", "1", "--num-train", "16",
+         "--num-val", "8", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "segm_AP50" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "instance" and {f"{t}_{n}" for t in ("bbox", "segm") for n in STAT_NAMES} <= set(metrics)
+    predictions = json.loads((out / "predictions" / "predictions.json").read_text())
+    assert predictions["task"] == "instance" and len(predictions["images"]) == 8
+    for image in predictions["images"]:
+        for detection in image["detections"]:
+            assert detection["segmentation"]["size"] == [128, 128] and detection["score"] >= 0.3
+
+
 def test_predict_with_a_model_name_uses_its_pretrained_weights(two_images, tmp_path, monkeypatch, capsys):
     """No --checkpoint: the published ImageNet weights (here a pre-filled cache) and their class names."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
