@@ -117,3 +117,41 @@ def test_ade20k(tmp_path: Path) -> None:
         ADE20K(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="ADE20K training images not found"):
         ADE20K(tmp_path / "ADEChallengeData2016" / "images", "training")
+
+
+def test_sixteen_bit_and_one_bit_label_maps_keep_their_values(tmp_path: Path) -> None:
+    _save(tmp_path / "images" / "a.png", np.zeros((3, 4, 3), np.uint8))
+    _save(tmp_path / "images" / "b.png", np.zeros((3, 4, 3), np.uint8))
+    wide = np.array([[0, 1, 300, 1000], [255, 65535, 7, 2], [256, 4, 5, 6]], np.uint16)
+    _save(tmp_path / "labels" / "a.png", wide)
+    bits = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]], bool)
+    _save(tmp_path / "labels" / "b.png", bits)
+    with Image.open(tmp_path / "labels" / "a.png") as a, Image.open(tmp_path / "labels" / "b.png") as b:
+        assert (a.mode, b.mode) == ("I;16", "1")
+    ds = SegmentationFolder(tmp_path / "images", tmp_path / "labels")
+    assert ds[0][1].tolist() == wide.astype(np.int64).tolist()
+    assert ds[1][1].tolist() == bits.astype(np.int64).tolist()
+    with pytest.raises(ValueError, match=r"label map .*a.png has values \[256, 300, 1000, 65535\] outside 0..99"):
+        SegmentationFolder(tmp_path / "images", tmp_path / "labels", num_classes=100)[0]
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_label_maps_with_alpha_are_refused(tmp_path: Path, mode: str) -> None:
+    _pair(tmp_path, "a")
+    Image.new(mode, (16, 12)).save(tmp_path / "labels" / "a.png")
+    with pytest.raises(ValueError, match=f"label map .*a.png has mode {mode}; expected a single-channel PNG"):
+        SegmentationFolder(tmp_path / "images", tmp_path / "labels")[0]
+
+
+def test_image_orientation_is_applied_before_the_size_check(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 16 wide, shown 12 wide and 16 tall
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 12)).save(tmp_path / "images" / "a.png", exif=exif.tobytes())
+    _save(tmp_path / "labels" / "a.png", np.zeros((12, 16), np.uint8))
+    ds = SegmentationFolder(tmp_path / "images", tmp_path / "labels")
+    with pytest.raises(ValueError, match=r"label map .*a.png is 16x12 but its image .*a.png is 12x16"):
+        ds[0]
+    _save(tmp_path / "labels" / "a.png", np.zeros((16, 12), np.uint8))
+    image, target = ds[0]
+    assert image.shape == (3, 16, 12) and target.shape == (16, 12)

@@ -41,7 +41,7 @@ ADE20K_CLASSES = (
     "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
     "glass", "clock", "flag",
 )  # fmt: skip
-_LABEL_MODES = ("L", "P", "I;16", "I")  # single-channel PNG modes whose values are class indices
+_LABEL_MODES = ("1", "L", "P", "I;16", "I")  # single-channel PNG modes whose values are class indices (never rescaled)
 _SHOWN = 5  # file names shown in an error about unmatched files
 
 
@@ -74,8 +74,11 @@ class SegmentationFolder(Dataset):
 
     ``images_dir/a/x.jpg`` goes with ``labels_dir/a/x.png`` (sub-folders are searched, hidden files
     skipped; images have any of :data:`~deformvision.data.IMG_EXTENSIONS`). A label map is a
-    single-channel PNG (mode ``L``, ``P``, ``I;16`` or ``I``; for a palette PNG the palette indices
-    are the labels) of the image's size. Samples are in sorted path order.
+    single-channel PNG (mode ``1``, ``L``, ``P``, ``I;16`` or ``I``) of the image's size, read as
+    integer class indices: a palette PNG's indices are the labels, 16-bit values are kept as they are
+    (not rescaled like a 16-bit image) and a 1-bit map gives 0 and 1. The image is read by the rules of
+    :func:`~deformvision.data._image.load_rgb`, EXIF orientation applied, so the label map must match the
+    upright image. Samples are in sorted path order.
 
     Args:
         images_dir: folder of the images.
