@@ -143,5 +143,11 @@ def test_malformed_segmentation_names_the_annotation(tmp_path: Path, segmentatio
 
 
 def test_image_without_objects_has_empty_masks(tmp_path: Path) -> None:
-    _, target = CocoDetection(tmp_path, _write(tmp_path, []), masks=True)[0]
+    path = _write(tmp_path, [])
+    data = json.loads(path.read_text())  # image 2 holds the file's one object, image 1 none
+    data["images"].append({"id": 2, "file_name": "a.png", "width": W, "height": H})
+    data["annotations"] = [{"id": 1, "image_id": 2, "category_id": CATEGORIES[0]["id"], "bbox": [1, 1, 4, 4],
+                            "segmentation": [[1, 1, 5, 1, 5, 5]]}]  # fmt: skip
+    path.write_text(json.dumps(data))
+    _, target = CocoDetection(tmp_path, path, masks=True)[0]
     assert target["masks"].shape == (0, H, W) and target["masks"].dtype == torch.uint8

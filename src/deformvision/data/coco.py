@@ -1,8 +1,8 @@
 """Object detection dataset read from a COCO-format annotation file (boxes, optionally instance masks)."""
 
-import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,32 +14,21 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from deformvision.data._coco_json import is_int, read_coco_json
 from deformvision.data._image import load_rgb
 from deformvision.data.transforms_det import Target, to_tensors
+
+_CROWD = "crowd (iscrowd=1)"
+_DEGENERATE = "with zero or negative width/height"
+_OUTSIDE = "entirely outside their image"
 
 
 class _InvalidAnnotation(Exception):
     """An annotation that is wrong, with the reason; raised or skipped per ``skip_invalid``."""
 
 
-def _read_coco_json(path: Path) -> dict[str, Any]:
-    """The parsed file, checked to hold a non-empty ``images`` list and a ``categories`` list."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot parse annotation file {path} as JSON: {err}") from err
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
-        raise ValueError(
-            f"{path} is not a COCO annotation file (expected an object with 'images' and 'categories' lists)"
-        )
-    if not data["images"]:
-        raise ValueError(f"annotation file {path} has no images")
-    if not isinstance(data.get("annotations", []), list):
-        raise ValueError(f"'annotations' in {path} must be a list")
-    return data
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _rle_string_counts(counts: str) -> list[int]:
@@ -148,13 +137,16 @@ class CocoDetection(Dataset):
     transformed image, and ``size`` its ``(h, w)``. ``transforms=None`` gives the same without
     resizing or mean/std normalisation (pixel values in ``[0, 1]``).
 
-    Like DETR, crowd annotations (``iscrowd=1``) and degenerate boxes (width or height <= 0) are
-    dropped, boxes crossing the image border are clipped to it (one warning if any crossed it by more
-    than a pixel) and images without objects are kept.
+    Like DETR, crowd annotations (``iscrowd=1``) are dropped and images without objects are kept.
+    Nothing else is lost silently: boxes with zero or negative width or height and boxes lying
+    entirely outside their image are dropped with one warning that counts them ("dropped 3 of 40
+    boxes in FILE: 2 with zero or negative width/height, 1 entirely outside their image"); boxes
+    crossing the image border are clipped to it, with one warning counting those that crossed it by
+    more than a pixel.
 
     Args:
         image_root: folder that the images' ``file_name`` are relative to.
-        annotation_file: the COCO json (``images``, ``categories``, optional ``annotations``).
+        annotation_file: the COCO json (``images``, ``annotations`` and ``categories`` lists).
         transforms: ``(PIL image, target) -> (tensor, target)``; see above.
         skip_invalid: drop invalid annotations (below) with one warning instead of raising.
         num_classes: if given, every label must be below it.
@@ -170,16 +162,25 @@ class CocoDetection(Dataset):
 
     Raises:
         FileNotFoundError: if the annotation file does not exist.
-        ValueError: naming the file, if it is not JSON, not COCO-shaped or has no images; naming the
-            annotation id (unless ``skip_invalid``), if an annotation refers to an unknown image or
-            category, has a malformed ``bbox``, a box lying entirely outside its image, a label
-            ``>= num_classes``, or (with ``masks``) a missing or malformed ``segmentation``: not a list of
-            polygons of at least 3 points of finite numbers, or an RLE whose ``size`` is not the image's
-            ``[height, width]`` or whose runs do not cover it exactly. Crowd annotations are dropped
-            before their segmentation is looked at.
+        ValueError: naming the file and the entry, if it is not JSON; lacks one of the lists
+            ``images`` (non-empty), ``annotations``, ``categories``; has an image without an integer
+            ``id``, a non-empty ``file_name`` or positive integer ``width``/``height``, a category or
+            annotation whose ``id`` is not an integer; uses an image, category or annotation id twice
+            (the first few repeated ids and their count are named); or has no usable box at all (every
+            annotation crowd, invalid, degenerate or outside its image: nothing to train or evaluate
+            on). Naming the annotation id (unless ``skip_invalid``), if an annotation lacks
+            ``image_id``, ``category_id`` or ``bbox``, has a non-integer ``image_id``/``category_id``
+            or one not in the lists, a ``bbox`` that is not a list of 4 finite numbers, an
+            ``iscrowd`` other than 0/1, a negative or non-numeric ``area``, a label ``>= num_classes``,
+            or (with ``masks``) a missing or malformed ``segmentation``: not a list of polygons of at
+            least 3 points of finite numbers, or an RLE whose ``size`` is not the image's
+            ``[height, width]`` or whose runs do not cover it exactly. Crowd, degenerate and outside
+            annotations are dropped before their segmentation is looked at.
 
-    Image files are read only when indexed: a missing file raises ``FileNotFoundError``, a corrupt one
-    or one whose size differs from the json's ``ValueError``, each naming the file.
+    Image files are read only when indexed, by the rules of :func:`~deformvision.data._image.load_rgb`
+    (EXIF orientation applied, 16-bit and float images rescaled, transparency over black): a missing
+    file raises ``FileNotFoundError``, a corrupt one or one whose upright size differs from the json's
+    ``ValueError``, each naming the file.
     """
 
     def __init__(
@@ -197,26 +198,15 @@ class CocoDetection(Dataset):
         self.annotation_file = Path(annotation_file)
         self.transforms = transforms if transforms is not None else v2.Compose(to_tensors())
         self.num_classes = num_classes
-        data = _read_coco_json(self.annotation_file)
-
-        self._images: dict[int, dict[str, Any]] = {}
-        for i, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or not all(k in image for k in ("id", "file_name", "width", "height")):
-                raise ValueError(
-                    f"image entry {i} in {self.annotation_file} lacks 'id', 'file_name', 'width' or 'height'"
-                )
-            self._images[image["id"]] = image
+        data = read_coco_json(self.annotation_file)
+        self._images: dict[int, dict[str, Any]] = {image["id"]: image for image in data["images"]}
         self.image_ids = sorted(self._images)
-
-        for i, category in enumerate(data["categories"]):
-            if not isinstance(category, dict) or "id" not in category:
-                raise ValueError(f"category entry {i} in {self.annotation_file} lacks 'id'")
         self.category_names = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
         self.category_ids = sorted(self.category_names)
         labels = range(len(self.category_ids)) if contiguous_ids else self.category_ids
         self.id_to_label = dict(zip(self.category_ids, labels, strict=True))
         self.label_to_category_id = {label: cid for cid, label in self.id_to_label.items()}
-        self._objects = self._parse_annotations(data.get("annotations", []), skip_invalid)
+        self._objects = self._parse_annotations(data["annotations"], skip_invalid)
 
     def _parse_annotations(
         self, annotations: list[dict[str, Any]], skip_invalid: bool
@@ -225,6 +215,7 @@ class CocoDetection(Dataset):
         annotations (``segmentations`` is ``n`` checked segmentations with ``masks``, else empty)."""
         per_image: dict[int, list[tuple[list[float], int, float, Any]]] = {image_id: [] for image_id in self.image_ids}
         skipped: list[str] = []
+        dropped: Counter[str] = Counter()  # drop reason -> count, crowd annotations included
         num_clipped = 0
         for i, ann in enumerate(annotations):
             try:
@@ -236,20 +227,13 @@ class CocoDetection(Dataset):
                     raise ValueError(f"{reason} (in {self.annotation_file}; skip_invalid=True drops it)") from None
                 skipped.append(reason)
                 continue
-            if parsed is not None:
-                box, label, area, segmentation, clipped = parsed
-                per_image[ann["image_id"]].append((box, label, area, segmentation))
-                num_clipped += clipped
-        if skipped:
-            warnings.warn(
-                f"skipped {len(skipped)} invalid annotation(s) of {self.annotation_file}, e.g. {skipped[0]}",
-                stacklevel=3,
-            )
-        if num_clipped:
-            warnings.warn(
-                f"{num_clipped} box(es) of {self.annotation_file} extend beyond their image and were clipped",
-                stacklevel=3,
-            )
+            if isinstance(parsed, str):
+                dropped[parsed] += 1
+                continue
+            box, label, area, segmentation, clipped = parsed
+            per_image[ann["image_id"]].append((box, label, area, segmentation))
+            num_clipped += clipped
+        self._report(len(annotations), skipped, dropped, num_clipped)
         return {
             image_id: (
                 torch.tensor([box for box, *_ in objects], dtype=torch.float32).reshape(-1, 4),
@@ -260,33 +244,66 @@ class CocoDetection(Dataset):
             for image_id, objects in per_image.items()
         }
 
-    def _parse_annotation(self, ann: Any) -> tuple[list[float], int, float, Any, bool] | None:
-        """``(clipped xyxy box, label, area, segmentation or None, clipped by more than 1 px)``, or ``None``
-        for a crowd or degenerate box. Raises :class:`_InvalidAnnotation`."""
+    def _report(self, total: int, skipped: list[str], dropped: Counter[str], num_clipped: int) -> None:
+        """One warning per kind of loss (invalid, dropped, clipped boxes); refuse a file with no box left."""
+        file = self.annotation_file
+        boxes = total - len(skipped) - dropped[_CROWD]  # the non-crowd boxes of valid annotations
+        kept = boxes - dropped[_DEGENERATE] - dropped[_OUTSIDE]
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} invalid annotation(s) of {file}, e.g. {skipped[0]}", stacklevel=4)
+        if kept < boxes:
+            reasons = [f"{dropped[r]} {r}" for r in (_DEGENERATE, _OUTSIDE) if dropped[r]]
+            warnings.warn(f"dropped {boxes - kept} of {boxes} boxes in {file}: {', '.join(reasons)}", stacklevel=4)
+        if num_clipped:
+            warnings.warn(
+                f"clipped {num_clipped} of {boxes} boxes in {file} to their image (they extended beyond it by more "
+                f"than 1 pixel)",
+                stacklevel=4,
+            )
+        if not total:
+            raise ValueError(f"annotation file {file} has no annotations; there is nothing to train or evaluate on")
+        if not kept:
+            counts = f"{total} annotation(s): {len(skipped)} invalid and skipped, {dropped[_CROWD]} {_CROWD}, " + (
+                ", ".join(f"{dropped[r]} {r}" for r in (_DEGENERATE, _OUTSIDE))
+            )
+            raise ValueError(f"no usable box in {file} ({counts}); there is nothing to train or evaluate on")
+
+    def _parse_annotation(self, ann: Any) -> tuple[list[float], int, float, Any, bool] | str:
+        """``(clipped xyxy box, label, area, segmentation or None, clipped by more than 1 px)``, or the reason
+        it is dropped (``_CROWD``, ``_DEGENERATE``, ``_OUTSIDE``). Raises :class:`_InvalidAnnotation`."""
         if not isinstance(ann, dict):
             raise _InvalidAnnotation(f"expected an object, got {ann!r}")
-        image = self._images.get(ann.get("image_id"))
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise _InvalidAnnotation(f"lacks '{key}'")
+        for key in ("image_id", "category_id"):
+            if not is_int(ann[key]):
+                raise _InvalidAnnotation(f"{key} must be an integer, got {ann[key]!r}")
+        image = self._images.get(ann["image_id"])
         if image is None:
-            raise _InvalidAnnotation(f"image_id {ann.get('image_id')!r} is not in the images list")
-        category_id = ann.get("category_id")
+            raise _InvalidAnnotation(f"image_id {ann['image_id']!r} is not in the images list")
+        category_id = ann["category_id"]
         if category_id not in self.id_to_label:
             raise _InvalidAnnotation(f"category_id {category_id!r} is not in the categories list {self.category_ids}")
         label = self.id_to_label[category_id]
         if self.num_classes is not None and label >= self.num_classes:
             raise _InvalidAnnotation(f"label {label} (category_id {category_id}) is >= num_classes={self.num_classes}")
-        bbox = ann.get("bbox")
-        is_numbers = isinstance(bbox, list | tuple) and all(isinstance(v, int | float) for v in bbox)
-        if not (is_numbers and len(bbox) == 4 and all(math.isfinite(v) for v in bbox)):
-            raise _InvalidAnnotation(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite_number(v) for v in bbox)):
+            raise _InvalidAnnotation(f"bbox must be a list of 4 finite numbers [x, y, w, h], got {bbox!r}")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise _InvalidAnnotation(f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+        if "area" in ann and not (_is_finite_number(ann["area"]) and ann["area"] >= 0):
+            raise _InvalidAnnotation(f"area must be a finite number >= 0, got {ann['area']!r}")
         x, y, w, h = bbox
-        if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
-            return None
+        if ann.get("iscrowd", 0):
+            return _CROWD
+        if w <= 0 or h <= 0:
+            return _DEGENERATE
         width, height = image["width"], image["height"]
         box = [max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)]
         if box[2] <= box[0] or box[3] <= box[1]:
-            raise _InvalidAnnotation(
-                f"bbox {bbox} lies entirely outside its image {image['file_name']} ({width}x{height})"
-            )
+            return _OUTSIDE
         segmentation = None
         if self.masks:
             if "segmentation" not in ann:
@@ -305,8 +322,8 @@ class CocoDetection(Dataset):
         img = load_rgb(path)
         if img.size != (info["width"], info["height"]):
             raise ValueError(
-                f"image {path} (id {image_id}) is {img.width}x{img.height} but {self.annotation_file} "
-                f"says {info['width']}x{info['height']}"
+                f"image {path} (id {image_id}) is {img.width}x{img.height} (after its EXIF orientation) but "
+                f"{self.annotation_file} says {info['width']}x{info['height']}"
             )
         boxes, labels, area, segmentations = self._objects[image_id]
         size = torch.tensor([img.height, img.width])
