@@ -59,7 +59,7 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"no class folders in {tmp_path}"):
         ImageFolder(tmp_path)
     (tmp_path / "empty_class").mkdir()
-    with pytest.raises(ValueError, match="no image files in class folder .*empty_class"):
+    with pytest.raises(ValueError, match=r"no image files in 1 of 1 class folder\(s\): .*empty_class"):
         ImageFolder(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing"):
         ImageFolder(tmp_path / "missing")
@@ -78,3 +78,33 @@ def test_pixels_survive_loading(tmp_path: Path) -> None:
     Image.fromarray(pixels).save(tmp_path / "k" / "x.png")
     image, _ = ImageFolder(tmp_path, transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))[0]
     np.testing.assert_array_equal((image * 255).round().byte().permute(1, 2, 0).numpy(), pixels)
+
+
+def test_every_empty_class_is_named(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "x.png")
+    (tmp_path / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no image files in 2 of 3 class folder\(s\): .*/a, .*/c \(a class needs"):
+        ImageFolder(tmp_path)
+
+
+def test_class_whose_images_are_all_corrupt_is_refused_with_skip_corrupt(tmp_path: Path) -> None:
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "good" / "x.png")
+    (tmp_path / "bad" / "y.png").write_bytes(b"junk")
+    with (
+        pytest.warns(UserWarning, match="skipping 1 unreadable image"),
+        pytest.raises(ValueError, match=r"no readable images in 1 of 2 class folder\(s\): .*/bad \("),
+    ):
+        ImageFolder(tmp_path, skip_corrupt=True)
+
+
+def test_images_outside_class_folders_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "k").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "k" / "x.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "stray.jpg")
+    with pytest.warns(UserWarning, match=r"ignoring 1 image file\(s\) directly in .* outside every class .*stray.jpg"):
+        ds = ImageFolder(tmp_path)
+    assert [p.name for p, _ in ds.samples] == ["x.png"]

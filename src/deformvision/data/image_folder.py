@@ -7,7 +7,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from deformvision.data._image import is_image_file, load_rgb, passes_verify
+from deformvision.data._image import IMG_EXTENSIONS, is_image_file, load_rgb, passes_verify
+
+_SHOWN = 5  # paths shown in an error or warning
+
+
+def _shown(items: list[Any]) -> str:
+    return ", ".join(str(item) for item in items[:_SHOWN]) + (", ..." if len(items) > _SHOWN else "")
 
 
 class ImageFolder(Dataset):
@@ -33,8 +39,11 @@ class ImageFolder(Dataset):
 
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
-        ValueError: naming the folder, if ``root`` has no class folders, a class folder has no images,
-            or (with ``skip_corrupt``) no readable images remain.
+        ValueError: naming the folders, if ``root`` has no class folders, or a class folder has no
+            image file (or, with ``skip_corrupt``, no readable one): a class without samples would
+            silently never be learnt.
+
+    Image files directly in ``root`` belong to no class; they are left out with one warning.
 
     ``dataset[i]`` is ``(transform(image), label)``; a file that cannot be decoded raises
     ``ValueError`` naming it (``verify()`` does not decode pixels, so a truncated file can still do so
@@ -52,25 +61,37 @@ class ImageFolder(Dataset):
         if not self.classes:
             raise ValueError(f"no class folders in {self.root} (expected {self.root}/<class name>/<image files>)")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        samples = []
-        for name, label in self.class_to_idx.items():
-            files = sorted(p for p in (self.root / name).rglob("*") if p.is_file() and is_image_file(p))
-            if not files:
-                raise ValueError(f"no image files in class folder {self.root / name}")
-            samples += [(path, label) for path in files]
+        loose = sorted(p.name for p in self.root.iterdir() if p.is_file() and is_image_file(p))
+        if loose:
+            message = f"ignoring {len(loose)} image file(s) directly in {self.root}, outside every class folder"
+            warnings.warn(f"{message} (e.g. {_shown(loose)})", stacklevel=2)
+        samples = [
+            (path, label)
+            for name, label in self.class_to_idx.items()
+            for path in sorted(p for p in (self.root / name).rglob("*") if p.is_file() and is_image_file(p))
+        ]
+        self._check_every_class_has_images(samples, "image files")
         if skip_corrupt:
             samples = self._drop_unreadable(samples)
+            self._check_every_class_has_images(samples, "readable images")
         self.samples: list[tuple[Path, int]] = samples
         self.targets = [label for _, label in samples]
+
+    def _check_every_class_has_images(self, samples: list[tuple[Path, int]], what: str) -> None:
+        present = {label for _, label in samples}
+        empty = [name for name, label in self.class_to_idx.items() if label not in present]
+        if empty:
+            raise ValueError(
+                f"no {what} in {len(empty)} of {len(self.classes)} class folder(s): "
+                f"{_shown([self.root / name for name in empty])} (a class needs at least "
+                f"one file with an extension in {', '.join(IMG_EXTENSIONS)})"
+            )
 
     def _drop_unreadable(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
         kept = [(path, label) for path, label in samples if passes_verify(path)]
         if len(kept) < len(samples):
             bad = sorted({path for path, _ in samples} - {path for path, _ in kept})
-            shown = ", ".join(str(p) for p in bad[:5]) + (", ..." if len(bad) > 5 else "")
-            warnings.warn(f"skipping {len(bad)} unreadable image(s) in {self.root}: {shown}", stacklevel=3)
-        if not kept:
-            raise ValueError(f"no readable images in {self.root}")
+            warnings.warn(f"skipping {len(bad)} unreadable image(s) in {self.root}: {_shown(bad)}", stacklevel=3)
         return kept
 
     def __len__(self) -> int:
