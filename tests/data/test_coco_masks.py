@@ -76,9 +76,13 @@ def _valid() -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     return annotations, [_triangle(), rect, uncompressed, compressed]
 
 
+DROPPED_DEGENERATE = "dropped 1 of 5 boxes in .*ann.json: 1 with zero or negative width/height"
+
+
 def test_polygons_and_rle_decode_to_the_expected_pixels(tmp_path: Path) -> None:
     annotations, expected = _valid()
-    ds = CocoDetection(tmp_path, _write(tmp_path, annotations), masks=True)
+    with pytest.warns(UserWarning, match=DROPPED_DEGENERATE):
+        ds = CocoDetection(tmp_path, _write(tmp_path, annotations), masks=True)
     image, target = ds[0]
     masks = target["masks"]
     assert isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8 and masks.shape == (4, H, W)
@@ -86,7 +90,8 @@ def test_polygons_and_rle_decode_to_the_expected_pixels(tmp_path: Path) -> None:
     for k, mask in enumerate(expected):
         assert np.array_equal(masks[k].numpy(), mask), f"object {k}"
     assert image.shape == (3, H, W)
-    assert "masks" not in CocoDetection(tmp_path, tmp_path / "ann.json")[0][1]  # masks=False: boxes only
+    with pytest.warns(UserWarning, match=DROPPED_DEGENERATE):
+        assert "masks" not in CocoDetection(tmp_path, tmp_path / "ann.json")[0][1]  # masks=False: boxes only
 
 
 def test_rle_round_trip(tmp_path: Path) -> None:
@@ -103,7 +108,9 @@ def test_rle_round_trip(tmp_path: Path) -> None:
 def test_masks_follow_the_detection_transforms(tmp_path: Path) -> None:
     annotations, expected = _valid()
     transforms = build_detection_transforms(False, val_size=24, max_size=1000)
-    _, target = CocoDetection(tmp_path, _write(tmp_path, annotations), masks=True, transforms=transforms)[0]
+    with pytest.warns(UserWarning, match=DROPPED_DEGENERATE):
+        ds = CocoDetection(tmp_path, _write(tmp_path, annotations), masks=True, transforms=transforms)
+    _, target = ds[0]
     assert target["masks"].shape == (4, 24, 32)
     assert np.array_equal(target["masks"][1].numpy(), expected[1][::2, ::2])  # nearest: every other pixel
 
