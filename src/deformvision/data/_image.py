@@ -71,6 +71,8 @@ def load_rgb(path: Path) -> Image.Image:
 
 def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
     """``img`` (decoded, upright) as 8-bit RGB by the rules of :func:`load_rgb`."""
+    if img.mode == "RGB":
+        return img  # already a fresh decoded copy: no second copy
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in _PLAIN_MODES or img.mode == "P":
