@@ -20,8 +20,8 @@ from deformvision.data import build_digits_detection
 from deformvision.demo import RECIPE, demo_config
 from deformvision.engine import STAT_NAMES, build_model, build_transforms, load_config, save_config
 from deformvision.models._pretrained import weights_path
+from deformvision.recipes import recipe_path
 
-REPO = Path(__file__).resolve().parents[1]
 # A narrow DAT for the detector (strides 8/16/32 at 64 pixels and up) and a tiny classifier.
 TINY_BACKBONE = {
     "dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "groups": [-1, -1, 1, 1],
@@ -139,8 +139,8 @@ def test_predict_top_k_classes_of_a_registered_classifier(two_images: Path, tmp_
 
 
 def test_the_config_file_is_the_demo_recipe():
-    """configs/deformable_detr_digits.yaml trains what the demo trains (the demo's schedule is a time budget)."""
-    config = load_config(REPO / "configs" / "deformable_detr_digits.yaml")
+    """The deformable_detr_digits recipe trains what the demo trains (the demo's schedule is a time budget)."""
+    config = load_config(recipe_path("deformable_detr_digits"))
     recipe = demo_config(Path("run"), Path("data"), seed=0)
     assert config.model == recipe.model
     assert config.aug == recipe.aug and config.optim == recipe.optim and config.loss == recipe.loss

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "src" / "deformvision" / "recipes"  # the shipped recipes
 
 # A DAT with ~90k parameters at 32x32 (maps 8/4/2/1): window blocks in stages 1-2, deformable in 3-4.
 TINY_DAT = {

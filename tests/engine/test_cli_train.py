@@ -15,7 +15,7 @@ def test_train_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for text in ("--set KEY=VALUE", "--epochs", "--resume", "--output-dir", "--device", "--deterministic",
-                 "--no-progress", "torchrun --nproc_per_node", "dat_digits.yaml", "unknown key"):  # fmt: skip
+                 "--no-progress", "torchrun --nproc_per_node", "train dat_digits", "unknown key"):  # fmt: skip
         assert text in out, text
 
 

@@ -1,7 +1,6 @@
 """Learning-rate schedules and optimizer parameter groups."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from deformvision.engine.optim import (
 )
 from deformvision.models import create_model
 from deformvision.models.deformable_detr import DeformableDETR
+from deformvision.recipes import recipe_path
 
 
 def test_warmup_cosine_values():
@@ -133,5 +133,5 @@ def test_poly_decay_with_linear_warmup_values():
 
 
 def test_step_schedule_warmup_is_off_in_the_official_detr_config():
-    config = load_config(Path(__file__).parents[2] / "configs" / "deformable_detr_r50_coco.yaml")
+    config = load_config(recipe_path("deformable_detr_r50_coco"))
     assert config.schedule.warmup_epochs == 0

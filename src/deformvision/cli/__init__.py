@@ -3,12 +3,13 @@
 Each subcommand has an ``_add_<name>_parser(subparsers)`` function that declares its arguments and
 sets ``func``, the function running it: ``func(args) -> exit code``; they live in
 :mod:`~deformvision.cli.training` (train, eval), :mod:`~deformvision.cli.inference` (predict, demo) and
-:mod:`~deformvision.cli.tools` (flops, convert).
+:mod:`~deformvision.cli.tools` (flops, convert, recipes).
 
 Subcommands:
     flops   parameters and multiply-adds of registered models at a given input size.
     convert official / Hugging Face checkpoints -> our safetensors, verified by a strict load.
-    train   train (or resume) a model from a YAML config with command-line overrides.
+    recipes list the shipped training recipes, or print one.
+    train   train (or resume) a model from a recipe or YAML config with command-line overrides.
     eval    evaluate weights on a config's validation set (top-1/5, COCO box/mask AP, mIoU).
     predict detections, masks, class maps or top-k classes of image files as JSON and annotated PNGs.
     demo    train a small DAT model on a built-in digits set on the CPU, evaluate, draw it.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from deformvision import __version__
 from deformvision.cli.inference import _add_demo_parser, _add_predict_parser
-from deformvision.cli.tools import _add_convert_parser, _add_flops_parser
+from deformvision.cli.tools import _add_convert_parser, _add_flops_parser, _add_recipes_parser
 from deformvision.cli.training import _add_eval_parser, _add_train_parser
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _add_flops_parser(subparsers)
     _add_convert_parser(subparsers)
+    _add_recipes_parser(subparsers)
     _add_train_parser(subparsers)
     _add_eval_parser(subparsers)
     _add_predict_parser(subparsers)

@@ -1,4 +1,4 @@
-"""The ``flops`` and ``convert`` subcommands."""
+"""The ``flops``, ``convert`` and ``recipes`` subcommands."""
 
 import argparse
 from collections.abc import Sequence
@@ -9,6 +9,7 @@ from deformvision.analysis import CATEGORIES, count_macs, count_parameters
 from deformvision.cli._common import _error, _json_object, _positive_int
 from deformvision.convert import convert_checkpoint
 from deformvision.models import create_model, list_models
+from deformvision.recipes import list_recipes, recipe_description, recipe_path
 
 DEFAULT_IMG_SIZE = 224  # input side for models that do not declare their own `img_size`
 IN_CHANS = 3
@@ -169,4 +170,40 @@ def _run_convert(args: argparse.Namespace) -> int:
         f"wrote {args.dst}: {result.num_tensors} tensors, {result.num_parameters / 1e6:.3f}M parameters, "
         f"model {result.model} with {result.model_kwargs}"
     )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# recipes
+
+
+def _add_recipes_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recipes",
+        help="list the shipped training recipes, or print one",
+        description=(
+            "Without NAME, list the training recipes shipped with deformvision (name and description);\n"
+            "with NAME, print that recipe's YAML. Train one with `deformvision train NAME`; to change it,\n"
+            "save the printed YAML to a file, edit it and train that file (or use --set overrides)."
+        ),
+        epilog="example: deformvision recipes dat_digits > my_digits.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print")
+    parser.set_defaults(func=_run_recipes)
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        try:
+            path = recipe_path(args.name)
+        except ValueError as err:
+            _error("recipes", str(err))
+            return 2
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
+    names = list_recipes()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name.ljust(width)}  {recipe_description(name)}")
     return 0

@@ -10,16 +10,15 @@ from deformvision.cli._common import _error, _positive_int
 from deformvision.engine import ConfigError, TrainConfig, Trainer, config_to_dict, evaluate, load_config
 from deformvision.engine.distributed import destroy_distributed, is_main_process
 from deformvision.models import list_models
-
-_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs (source checkouts)
-
+from deformvision.recipes import list_recipes, recipe_path
 
 # --------------------------------------------------------------------------------------------------
 # train and eval: a YAML config (or the defaults), `--set` overrides, then the shortcut flags
 
 _CONFIG_HELP = """\
 configuration:
-  Every option of the run lives in the YAML config (see configs/ and deformvision.engine.config):
+  CONFIG is a recipe name (`deformvision recipes` lists them) or a YAML file path. Every option of
+  the run lives in the YAML config (see deformvision.engine.config):
   sections model, data, aug, loss, optim, schedule, ema, checkpoint, log, and top-level keys
   output_dir, seed, device, deterministic, threads, amp, eval_every, resume. Override any of
   them with --set SECTION.KEY=VALUE (values are YAML: 1e-3, [96,128], null, true); the shortcut
@@ -61,10 +60,27 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def config_file(config: str) -> Path:
+    """The YAML file a ``CONFIG`` argument names: an existing file path, else a recipe name (or ``NAME.yaml``).
+
+    Raises:
+        FileNotFoundError: ``config`` is neither an existing file nor a recipe; the message lists the recipes.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.name == config and path.stem in list_recipes():  # a bare name, not a path into some directory
+        return recipe_path(path.stem)
+    raise FileNotFoundError(
+        f"config file not found: {config} (nor is it a recipe name; recipes: {', '.join(list_recipes())})"
+    )
+
+
 def _load_run_config(command: str, args: argparse.Namespace) -> TrainConfig | None:
     """The config of ``args`` (file, ``--set``, flags); prints the error and returns ``None`` if invalid."""
     try:
-        return load_config(args.config, [*args.overrides, *_shortcut_overrides(args)])
+        path = config_file(args.config) if args.config is not None else None
+        return load_config(path, [*args.overrides, *_shortcut_overrides(args)])
     except (ConfigError, FileNotFoundError) as err:
         _error(command, str(err))
         return None
@@ -89,16 +105,16 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=_CONFIG_HELP
         + (
             "\nexamples:\n"
-            "  deformvision train configs/dat_digits.yaml\n"
-            "  deformvision train configs/dat_digits.yaml --epochs 5 --set optim.lr=1e-3 checkpoint.every_steps=20\n"
-            "  deformvision train configs/dat_digits.yaml --output-dir runs/x --resume auto\n"
-            "  torchrun --nproc_per_node 8 -m deformvision.cli train configs/deformable_detr_r50_coco.yaml \\\n"
+            "  deformvision train dat_digits\n"
+            "  deformvision train dat_digits --epochs 5 --set optim.lr=1e-3 checkpoint.every_steps=20\n"
+            "  deformvision train my_run.yaml --output-dir runs/x --resume auto\n"
+            "  torchrun --nproc_per_node 8 -m deformvision.cli train deformable_detr_r50_coco \\\n"
             "      --set data.root=/data/coco\n"
-            f"\nconfigs: {', '.join(sorted(p.name for p in _CONFIG_DIR.glob('*.yaml'))) or '(none found)'}"
+            f"\nrecipes: {', '.join(list_recipes())}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", help="YAML config file (e.g. configs/dat_digits.yaml)")
+    parser.add_argument("config", help="recipe name (e.g. dat_digits) or YAML config file")
     _add_run_options(parser)
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs in all (schedule.epochs)")
     parser.add_argument("--lr", type=float, metavar="LR", help="base learning rate (optim.lr)")
@@ -150,14 +166,14 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=_CONFIG_HELP
         + (
             "\nexamples:\n"
-            "  deformvision eval configs/dat_digits.yaml --checkpoint runs/dat_digits\n"
+            "  deformvision eval dat_digits --checkpoint runs/dat_digits\n"
             "  deformvision eval --model dat_tiny --checkpoint dat_tiny.safetensors --data /data/imagenet\n"
-            "  deformvision eval configs/deformable_detr_r50_coco.yaml --checkpoint r50_deformable_detr.pth \\\n"
+            "  deformvision eval deformable_detr_r50_coco --checkpoint r50_deformable_detr.pth \\\n"
             "      --set data.root=/data/coco"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="YAML config file (default: the built-in defaults)")
+    parser.add_argument("config", nargs="?", help="recipe name or YAML config file (default: the built-in defaults)")
     parser.add_argument(
         "--checkpoint", metavar="PATH",
         help="weights: a safetensors or official file, or a run directory (its final weights, else newest "

@@ -16,13 +16,13 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
-from deformvision.convert.huggingface import (
+from deformvision.models import create_model, read_state_dict
+from deformvision.models._checkpoint import check_state_dict
+from deformvision.models.deformable_detr._hf_names import (
     huggingface_model_config,
     huggingface_to_official,
     is_huggingface_state_dict,
 )
-from deformvision.models import create_model, read_state_dict
-from deformvision.models._checkpoint import check_state_dict
 
 _NUM_CLASSES_KEYS = ("class_embed.0.weight", "cls_head.weight", "head.weight")  # DETR, official DAT, our DAT
 

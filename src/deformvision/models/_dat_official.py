@@ -3,16 +3,39 @@
 The official model names its parts ``patch_proj``, ``down_projs``, ``stages.{i}.layer_norms`` /
 ``mlps`` / ``attns``, ``cls_norm``, ``cls_head``; wraps LayerNorms in a proxy (``.norm.``); uses 1x1
 convolutions where ours are linear layers; and stores size-dependent buffers (``attn_mask``,
-``relative_position_index``) that ours compute for the size seen.
+``relative_position_index``) that ours compute for the size seen. The renames are a rule table
+(``_PREFIX_RULES``, ``_WINDOW_RENAMES``) applied by :func:`rename_official_dat`.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 _OFFICIAL_PREFIXES = ("patch_proj.", "down_projs.", "cls_head.")
+
+# The name map: official key prefix -> ours (first match wins; the rest of the key is kept). Applied after the
+# LayerNormProxy's ``.norm.`` is dropped; a key no rule matches keeps its name.
+_PREFIX_RULES: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    (r"patch_proj\.0\.", "stem.proj."),
+    (r"patch_proj\.1\.", "stem.norm."),
+    (r"down_projs\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.proj."),
+    (r"down_projs\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.norm."),
+    (r"cls_norm\.", "norm."),
+    (r"cls_head\.", "head."),
+    # layer_norms.{2j} / .{2j+1}: the two norms of block j
+    (
+        r"stages\.(\d+)\.layer_norms\.(\d+)\.",
+        lambda m: f"stages.{m[1]}.blocks.{int(m[2]) // 2}.norm{int(m[2]) % 2 + 1}.",
+    ),
+    (r"stages\.(\d+)\.mlps\.(\d+)\.chunk\.linear([12])\.", r"stages.\1.blocks.\2.mlp.fc\3."),
+    (r"stages\.(\d+)\.attns\.(\d+)\.", r"stages.\1.blocks.\2.attn."),
+]
+# Window-attention blocks: official projection names -> ours (the deformable blocks keep ``proj_q/k/v/out``).
+_WINDOW_RENAMES = {".proj_qkv.": ".qkv.", ".proj_out.": ".proj."}
+_SIZE_DEPENDENT_BUFFERS = ("attn_mask", "relative_position_index")  # ours are computed at run time
+_CONV_1X1 = re.compile(r"\.proj_(q|k|v|out)\.weight$")  # deformable blocks: official 1x1 convs, our linears
 
 
 def is_official_dat(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -20,40 +43,40 @@ def is_official_dat(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(_OFFICIAL_PREFIXES) for k in state_dict)
 
 
+def official_to_ours(key: str) -> str:
+    """An official key under our name, by the first rule of ``_PREFIX_RULES`` that matches its start."""
+    key = key.replace(".norm.", ".")  # LayerNormProxy(C).norm -> nn.LayerNorm(C)
+    for pattern, replacement in _PREFIX_RULES:
+        match = re.match(pattern, key)
+        if match:
+            new_prefix = replacement(match) if callable(replacement) else match.expand(replacement)
+            return new_prefix + key[match.end() :]
+    return key
+
+
 def rename_official_dat(
     state_dict: dict[str, torch.Tensor], window_blocks: set[tuple[int, int]]
 ) -> dict[str, torch.Tensor]:
-    """The official state dict under our names.
+    """The official state dict under our names (:func:`official_to_ours`), without its size-dependent buffers.
 
     Args:
         state_dict: an official DAT v1 state dict.
         window_blocks: ``(stage, block)`` of the window-attention blocks of the model it is for (their
-            projections are ``qkv`` / ``proj``; the deformable blocks' 1x1-conv projections become linear).
+            projections are renamed by ``_WINDOW_RENAMES``; the deformable blocks' 1x1-conv projections
+            ``(C, C, 1, 1)`` become linear ``(C, C)``).
     """
     renamed = {}
     for key, value in state_dict.items():
-        if key.endswith(("attn_mask", "relative_position_index")):
-            continue  # size-dependent buffers: ours are computed at run time
-        new = key.replace(".norm.", ".")  # LayerNormProxy(C).norm -> nn.LayerNorm(C)
-        new = re.sub(r"^patch_proj\.0\.", "stem.proj.", new)
-        new = re.sub(r"^patch_proj\.1\.", "stem.norm.", new)
-        new = re.sub(r"^down_projs\.(\d+)\.0\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.proj.", new)
-        new = re.sub(r"^down_projs\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.norm.", new)
-        new = re.sub(r"^cls_norm\.", "norm.", new)
-        new = re.sub(r"^cls_head\.", "head.", new)
-        new = re.sub(
-            r"^stages\.(\d+)\.layer_norms\.(\d+)\.",
-            lambda m: f"stages.{m[1]}.blocks.{int(m[2]) // 2}.norm{int(m[2]) % 2 + 1}.",
-            new,
-        )
-        new = re.sub(r"^stages\.(\d+)\.mlps\.(\d+)\.chunk\.linear([12])\.", r"stages.\1.blocks.\2.mlp.fc\3.", new)
-        new = re.sub(r"^stages\.(\d+)\.attns\.(\d+)\.", r"stages.\1.blocks.\2.attn.", new)
+        if key.endswith(_SIZE_DEPENDENT_BUFFERS):
+            continue
+        new = official_to_ours(key)
         if ".attn." in new:
-            stage, block = int(new.split(".")[1]), int(new.split(".")[3])
+            stage, block = int(new.split(".")[1]), int(new.split(".")[3])  # stages.{stage}.blocks.{block}.attn.
             if (stage, block) in window_blocks:
-                new = new.replace(".proj_qkv.", ".qkv.").replace(".proj_out.", ".proj.")
-            elif re.search(r"\.proj_(q|k|v|out)\.weight$", new):
-                value = value.flatten(1)  # 1x1 conv (C, C, 1, 1) -> linear (C, C)
+                for official, ours in _WINDOW_RENAMES.items():
+                    new = new.replace(official, ours)
+            elif _CONV_1X1.search(new):
+                value = value.flatten(1)  # (C, C, 1, 1) -> (C, C)
         renamed[new] = value
     return renamed
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
+from deformvision.models.deformable_detr._hf_names import huggingface_to_official, is_huggingface_state_dict
 from deformvision.models.deformable_detr.transformer import DeformableTransformer, TransformerOutput
 
 logger = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ class DeformableDETR(nn.Module):
         """Convert an official or Hugging Face Deformable DETR state dict (or our own) to this model.
 
         - Hugging Face ``DeformableDetrForObjectDetection`` names are first renamed to the official ones
-          (:func:`deformvision.convert.huggingface.huggingface_to_official`);
+          (:func:`~deformvision.models.deformable_detr._hf_names.huggingface_to_official`);
         - an official checkpoint's variant is read from its keys: box refinement aliases the per-layer box
           heads as ``transformer.decoder.bbox_embed.*``; a checkpoint of the other variant is refused;
         - official ``backbone.0.body.*`` keys (and our ``backbone.*``) go through the backbone's own
@@ -272,9 +273,6 @@ class DeformableDETR(nn.Module):
         - class heads of another number of classes are replaced by the model's own (fresh) ones, with a
           logged warning; everything else must fit (checked by the strict load that follows).
         """
-        # deformvision.convert sits above models/ (it builds models), hence the import at call time.
-        from deformvision.convert.huggingface import huggingface_to_official, is_huggingface_state_dict
-
         if is_huggingface_state_dict(state_dict):
             state_dict = huggingface_to_official(state_dict)
         if any(k.startswith("backbone.0.body.") for k in state_dict):  # the official layout (or converted HF)

@@ -1,7 +1,9 @@
-"""Hugging Face ``DeformableDetrForObjectDetection`` checkpoints -> official Deformable DETR names.
+"""Hugging Face ``DeformableDetrForObjectDetection`` checkpoints -> official Deformable DETR names: the name map.
 
-The official names are those :meth:`DeformableDETR.checkpoint_filter` already reads, so a Hugging Face
-state dict is first renamed here, then converted like an official checkpoint. Both Hugging Face layouts
+The map is data (the rule tables ``_KEY_RULES``, ``_RESNET_RULES``, ``_ENCODER_LAYER``, ``_DECODER_LAYER``)
+and the small functions that apply it. The official names are those :meth:`DeformableDETR.checkpoint_filter`
+reads, so it renames a Hugging Face state dict here first, then converts it like an official checkpoint;
+``deformvision.convert`` re-exports these functions for the ``convert`` command. Both Hugging Face layouts
 are read: the one of ``state_dict()`` in transformers 5 (``mlp.fc1``, ``self_attn.o_proj``,
 ``model.backbone.model``) and the legacy one that transformers 4 wrote and transformers 5 still writes
 with ``save_pretrained`` (``fc1``, ``self_attn.out_proj``, ``model.backbone.conv_encoder.model``).
@@ -23,6 +25,8 @@ Differences handled:
 
 Parameters the official model lacks (e.g. the learned position embedding of
 ``position_embedding_type="learned"``) raise a ValueError. This module imports nothing from deformvision.
+
+:func:`huggingface_model_config` maps a Hugging Face ``config.json`` to our registered variant and its sizes.
 """
 
 import logging
