@@ -3,8 +3,9 @@
 - :mod:`~deformvision.viz.detections`: boxes, class names and scores on an image; titles and panels.
 - :mod:`~deformvision.viz.masks`: instance masks and semantic label maps tinted over an image, a legend.
 - :mod:`~deformvision.viz.sampling_points`: DAT's deformed sampling points (positions vs references, per
-  offset group) and the sampling locations of Deformable DETR's multi-scale deformable attention for
-  chosen queries (recorded with a forward hook, recomputed from the layer's inputs).
+  offset group; the keys of highest attention for chosen queries) and the sampling locations of Deformable
+  DETR's multi-scale deformable attention for chosen queries, coloured by query or by level; all read from
+  the model's forward pass by :mod:`deformvision.analysis.inspection`.
 """
 
 from deformvision.viz.detections import (
@@ -23,8 +24,8 @@ from deformvision.viz.sampling_points import (
     dat_points_to_pixels,
     dat_sampling_points,
     draw_dat_sampling_points,
+    draw_dat_top_keys,
     draw_msda_sampling_locations,
-    msda_sampling_locations,
     record_sampling_locations,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "dat_points_to_pixels",
     "dat_sampling_points",
     "draw_dat_sampling_points",
+    "draw_dat_top_keys",
     "draw_detections",
     "draw_instances",
     "draw_label_map",
@@ -45,7 +47,6 @@ __all__ = [
     "label_color",
     "label_map_colors",
     "legible_scale",
-    "msda_sampling_locations",
     "record_sampling_locations",
     "side_by_side",
 ]
