@@ -91,3 +91,13 @@ def test_bad_arguments_are_reported(image_folder: Path, tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         main(["viz", image, "--model", "dat_tiny", "--query", "3;4"])
     assert "a query must be X,Y in pixels, got '3;4'" in capsys.readouterr().err
+
+
+def test_random_init_models_are_seeded(image_folder: Path, tmp_path: Path):
+    args = ["analyze", "collapse", "--model", "dat_tiny", "--images", str(image_folder), "--img-size", "64"]
+    outputs = [tmp_path / name for name in ("first", "second", "other_seed")]
+    assert main([*args, "--out", str(outputs[0])]) == 0
+    assert main([*args, "--out", str(outputs[1])]) == 0
+    assert main([*args, "--seed", "1", "--out", str(outputs[2])]) == 0
+    first, second, other = (json.loads((out / "collapse.json").read_text()) for out in outputs)
+    assert first == second and first != other

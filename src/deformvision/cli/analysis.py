@@ -91,14 +91,16 @@ def _weights_label(spec: str) -> str:
     return "random init" if not weights else weights
 
 
-def _run_collapse_models(args: argparse.Namespace, images: list) -> dict[str, dict]:
-    results = {}
+def _run_collapse_models(args: argparse.Namespace, images: list) -> tuple[dict[str, dict], dict[str, nn.Module]]:
+    """The collapse entry of every model spec, and the models (random ones seeded with ``args.seed``)."""
+    results, models = {}, {}
     for spec in args.model:
-        model = load_model_spec(spec, args.img_size)
+        torch.manual_seed(args.seed)
+        model = models[spec] = load_model_spec(spec, args.img_size)
         print(f"{spec}: {len(images)} image(s) at {args.img_size}x{args.img_size}")
         blocks = attention_collapse(model, to_batch(images, model), batch_size=args.batch)
         results[spec] = {"model": spec.partition("=")[0], "weights": _weights_label(spec), "blocks": blocks}
-    return results
+    return results, models
 
 
 def _collapse_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -160,6 +162,7 @@ def _add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("--img-size", type=_positive_int, default=224, metavar="S", help="input side (default 224)")
         sub.add_argument("--batch", type=_positive_int, default=4, metavar="B", help="images per forward pass")
+        sub.add_argument("--seed", type=int, default=0, help="seed of random-init models (default: 0)")
         sub.add_argument("--out", type=Path, default=Path("analysis"), metavar="DIR", help="output folder")
         sub.set_defaults(func=_run_analyze)
 
@@ -167,8 +170,8 @@ def _add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     try:
         images = read_images(args.images, args.num_images, args.img_size)
-        results = _run_collapse_models(args, images)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        results, models = _run_collapse_models(args, images)
+    except (ValueError, OSError, RuntimeError) as error:
         _error(f"analyze {args.analysis}", str(error))
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,16 +184,15 @@ def _run_analyze(args: argparse.Namespace) -> int:
     print("| " + " | ".join(header) + " |\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows))
     written = [args.out / "collapse.json", plot]
     if args.analysis == "report":
-        written.append(_write_report(args, images, results, plot, header, rows))
+        written.append(_write_report(args.out / "report.html", images, models, plot, header, rows))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
-def _write_report(args: argparse.Namespace, images: list, results: dict, plot: Path, header: list, rows: list) -> Path:
+def _write_report(path: Path, images: list, models: dict[str, nn.Module], plot: Path, header: list, rows: list) -> Path:
     definitions = "<pre>" + html.escape((collapse.__doc__ or "").strip()) + "</pre>"
     sections = [("Attention collapse", html_table(header, rows) + definitions, [plot])]
-    for spec in args.model:
-        model = load_model_spec(spec, args.img_size)
+    for spec, model in models.items():
         if not any(isinstance(m, DeformableAttention) for m in model.modules()):
             continue
         batch = to_batch(images, model)
@@ -198,7 +200,7 @@ def _write_report(args: argparse.Namespace, images: list, results: dict, plot: P
             figures = dat_figures(model, x, image, default_queries(image), k=8, scale=legible_scale(image, 448))
             for block, points, top in figures:
                 sections.append((f"{spec}, {block}: deformed points and top keys on {name}", "", [points, top]))
-    return write_html_report(args.out / "report.html", "deformvision analysis", sections)
+    return write_html_report(path, "deformvision analysis", sections)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ def _run_viz(args: argparse.Namespace) -> int:
         for file in files:
             for path in _viz_image(args, model, config, backbone, has_dat, file):
                 print(f"wrote {path}")
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         _error("viz", str(error))
         return 2
     return 0
