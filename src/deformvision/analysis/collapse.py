@@ -21,7 +21,7 @@ identical maps, near 0 maps that do not overlap.
 import torch
 from torch import Tensor, nn
 
-from deformvision.analysis.inspection import AttentionRecord, record_attention
+from deformvision.layers.inspection import AttentionRecord, record_attention
 
 
 def _unit_rows(probs: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ class MSDeformSampling(nn.Module):
     """The sampling step of :class:`MSDeformAttn` as a parameter-free module: :func:`deformvision.ops.ms_deform_attn`.
 
     It exists so that a forward hook can read the sampling locations and attention weights exactly as the
-    layer computed them (:mod:`deformvision.analysis.inspection`); it adds nothing to the state dict.
+    layer computed them (:mod:`deformvision.layers.inspection`); it adds nothing to the state dict.
     """
 
     def forward(

@@ -1,11 +1,16 @@
-"""Pictures of what the models do, drawn with PIL and saved as PNG (no plotting library needed).
+"""Pictures of what the models do, drawn with PIL and saved as PNG (the line plots of :mod:`~deformvision.viz.plots`
+need matplotlib, the ``plot`` extra).
 
 - :mod:`~deformvision.viz.detections`: boxes, class names and scores on an image; titles and panels.
 - :mod:`~deformvision.viz.masks`: instance masks and semantic label maps tinted over an image, a legend.
 - :mod:`~deformvision.viz.sampling_points`: DAT's deformed sampling points (positions vs references, per
   offset group; the keys of highest attention for chosen queries) and the sampling locations of Deformable
   DETR's multi-scale deformable attention for chosen queries, coloured by query or by level; all read from
-  the model's forward pass by :mod:`deformvision.analysis.inspection`.
+  the model's forward pass by :mod:`deformvision.layers.inspection`.
+- :mod:`~deformvision.viz.figures`: the papers' pictures of one image (DAT points and top keys per block,
+  Deformable DETR's best queries by level), built on the above.
+- :mod:`~deformvision.viz.plots`: the attention-collapse plot (similarity vs depth, one line per model).
+- :mod:`~deformvision.viz.report`: one self-contained HTML page of figures and tables.
 """
 
 from deformvision.viz.detections import (

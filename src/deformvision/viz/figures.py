@@ -1,4 +1,4 @@
-"""The papers' pictures of one image, every one read through :mod:`deformvision.analysis.inspection`.
+"""The papers' pictures of one image, every one read through :mod:`deformvision.layers.inspection`.
 
 - :func:`dat_figures`: per deformable block of a DAT, the deformed points (references -> positions, per
   offset group) and, for chosen query positions, the keys of highest attention (DAT, Fig. 6).
@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from deformvision.analysis.inspection import record_msda_sampling
+from deformvision.layers.inspection import record_msda_sampling
 from deformvision.models.deformable_detr import DeformableDETR
 from deformvision.viz.detections import add_title, label_color
 from deformvision.viz.sampling_points import (

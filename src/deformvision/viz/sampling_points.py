@@ -13,7 +13,7 @@ input image (pixel edges at integers: pixel ``(i, j)`` covers ``[j, j + 1) x [i,
   than one level stride).
 
 Nothing here computes a sampling location: the points, locations and attention weights drawn are the
-tensors the modules computed in their forward pass, read by the hooks of :mod:`deformvision.analysis.inspection`
+tensors the modules computed in their forward pass, read by the hooks of :mod:`deformvision.layers.inspection`
 (:func:`~deformvision.analysis.record_attention` for DAT, :func:`~deformvision.analysis.record_msda_sampling`,
 re-exported here as :func:`record_sampling_locations`, for Deformable DETR).
 """
@@ -25,8 +25,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from deformvision.analysis.inspection import MSDASampling, record_attention
-from deformvision.analysis.inspection import record_msda_sampling as record_sampling_locations
+from deformvision.layers.inspection import MSDASampling, record_attention
+from deformvision.layers.inspection import record_msda_sampling as record_sampling_locations
 from deformvision.viz.detections import Color, enlarge, label_color
 from deformvision.viz.masks import add_legend
 

@@ -1,5 +1,8 @@
 """See inside attention layers: the one path by which analyses and pictures read what a model computed.
 
+It sits with the layers, below :mod:`deformvision.analysis` (which re-exports it) and :mod:`deformvision.viz`,
+so that both read the same hooks.
+
 Everything here is read by forward hooks from the tensors the modules compute in their ``forward``;
 nothing is recomputed (no second copy of a sampling or attention formula):
 
@@ -24,8 +27,9 @@ from timm.layers import Attention as TimmAttention
 from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
 from torch import Tensor, nn
 
-from deformvision.layers import DeformableAttention, MSDeformAttn, SamplingPoints, WindowAttention
-from deformvision.layers.window_attention import window_attention_mask, window_partition
+from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints
+from deformvision.layers.ms_deform_attn import MSDeformAttn
+from deformvision.layers.window_attention import WindowAttention, window_attention_mask, window_partition
 
 ATTENTION_TYPES = (WindowAttention, DeformableAttention, TimmAttention, TimmWindowAttention)
 """The attention modules :func:`record_attention` reads."""
