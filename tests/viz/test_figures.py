@@ -1,5 +1,6 @@
 """The papers' pictures: Deformable DETR's sampling by level, DAT's panels; the collapse plot."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,9 @@ def test_plot_collapse(tmp_path: Path):
     assert Image.open(path).size == (1000, 400)
     with pytest.raises(ValueError, match="results must hold at least one model"):
         plot_collapse({}, tmp_path / "empty.png")
+
+
+def test_plot_collapse_without_matplotlib(monkeypatch, tmp_path: Path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(ImportError, match=r"needs matplotlib: pip install 'deformvision\[plot\]'"):
+        plot_collapse({"a": {"b0": {"cross_query": 1.0, "cross_layer": None}}}, tmp_path / "plot.png")

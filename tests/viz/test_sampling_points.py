@@ -66,6 +66,12 @@ def test_dat_sampling_points_of_every_deformable_block():
         torch.testing.assert_close(block.attention.sum(-1), torch.ones(2, size[0] * size[1]))
 
 
+def test_dat_sampling_points_wants_one_image():
+    model = create_model("dat_tiny", features_only=True, **TINY_DAT).eval()
+    with pytest.raises(ValueError, match=r"image must be one \(C, H, W\) tensor, got \(1, 3, 64, 64\)"):
+        dat_sampling_points(model, torch.randn(1, 3, 64, 64))
+
+
 def test_draw_dat_top_keys(tmp_path: Path):
     torch.manual_seed(0)
     model = create_model("dat_tiny", features_only=True, **TINY_DAT).eval()

@@ -66,7 +66,8 @@ def attention_collapse(model: nn.Module, images: Tensor, batch_size: int = 8) ->
     Args:
         model: a model with attention modules :func:`~deformvision.analysis.record_attention` reads (our DAT,
             timm's ViT and Swin...); run in eval mode without gradients, its mode is restored afterwards.
-        images: ``(N, C, H, W)`` float batch, normalised as the model expects.
+        images: ``(N, C, H, W)`` float batch, normalised as the model expects; each batch is moved to the
+            device of the model's parameters.
         batch_size: images per forward pass.
 
     Returns:
@@ -88,6 +89,7 @@ def attention_collapse(model: nn.Module, images: Tensor, batch_size: int = 8) ->
         raise ValueError(f"images must be a non-empty (N, C, H, W) batch, got shape {tuple(images.shape)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = next(model.parameters(), images).device
     sums: dict[str, list] = {}  # name -> [cross-query sum, count, cross-layer sum, count]
     was_training = model.training
     model.eval()
@@ -95,7 +97,7 @@ def attention_collapse(model: nn.Module, images: Tensor, batch_size: int = 8) ->
         with torch.no_grad(), record_attention(model) as records:
             for start in range(0, images.shape[0], batch_size):
                 records.clear()
-                model(images[start : start + batch_size])
+                model(images[start : start + batch_size].to(device))
                 for i, record in enumerate(records):
                     entry = sums.setdefault(record.name, [0.0, 0, 0.0, 0])
                     total, count = cross_query_sum(record)

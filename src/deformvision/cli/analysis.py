@@ -177,9 +177,13 @@ def _run_analyze(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"images": [name for name, _ in images], "img_size": args.img_size, "models": results}
     (args.out / "collapse.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_collapse(
-        {f"{e['model']} ({e['weights']})": e["blocks"] for e in results.values()}, args.out / "collapse.png"
-    )
+    try:
+        plot = plot_collapse(
+            {f"{e['model']} ({e['weights']})": e["blocks"] for e in results.values()}, args.out / "collapse.png"
+        )
+    except ImportError as error:
+        _error(f"analyze {args.analysis}", f"{error} (collapse.json is written)")
+        return 2
     header, rows = _collapse_table(results)
     print("| " + " | ".join(header) + " |\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows))
     written = [args.out / "collapse.json", plot]

@@ -69,10 +69,10 @@ def detr_figure(model: DeformableDETR, x: Tensor, shown: Image.Image, max_querie
     """
     with record_msda_sampling(model.transformer.decoder.layers[-1].cross_attn) as calls:
         outputs = model([x])
-    scores = outputs["pred_logits"][0].sigmoid().max(-1).values  # Q
+    scores = outputs["pred_logits"][0].sigmoid().max(-1).values.cpu()  # Q
     queries = scores.argsort(descending=True)[:max_queries].tolist()
     size = torch.tensor([shown.width, shown.height] * 2, dtype=torch.float32)
-    boxes = box_convert(outputs["pred_boxes"][0, queries].float(), in_fmt="cxcywh", out_fmt="xyxy") * size
+    boxes = box_convert(outputs["pred_boxes"][0, queries].float().cpu(), in_fmt="cxcywh", out_fmt="xyxy") * size
     colors = [label_color(n) for n in range(len(queries))]
     out = draw_msda_sampling_locations(
         shown, calls[-1], queries, boxes=boxes, colors=colors, scale=scale, color_by_level=True

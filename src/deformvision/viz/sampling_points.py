@@ -87,7 +87,13 @@ def dat_sampling_points(backbone: nn.Module, image: Tensor) -> list[DatBlockPoin
 
     Returns:
         One :class:`DatBlockPoints` per ``D`` block, in network order.
+
+    Raises:
+        ValueError: ``image`` is not one ``(C, H, W)`` tensor.
     """
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be one (C, H, W) tensor, got {got}")
     with record_attention(backbone) as records:
         backbone(image[None])
     patch_size = backbone.stem.proj.stride[0]
@@ -237,10 +243,10 @@ def draw_msda_sampling_locations(
     level_index = list(levels) if levels is not None else list(range(sampling.locations.shape[3]))
     base_radius = max(1.5, scale * 0.6)
     for k, query in enumerate(queries):
-        locations = sampling.locations[image_index, query][:, level_index].float() * size  # M, L', P, 2
-        weights = sampling.weights[image_index, query][:, level_index].float()  # M, L', P
+        locations = sampling.locations[image_index, query][:, level_index].float().cpu() * size  # M, L', P, 2
+        weights = sampling.weights[image_index, query][:, level_index].float().cpu()  # M, L', P
         if boxes is not None:
-            draw.rectangle((boxes[k] * scale).tolist(), outline=colors[k], width=2)
+            draw.rectangle((boxes[k].cpu() * scale).tolist(), outline=colors[k], width=2)
         order = weights.flatten().argsort().tolist()  # heaviest last, on top
         flat_locations, flat_weights = locations.reshape(-1, 2).tolist(), weights.flatten().tolist()
         flat_levels = torch.tensor(level_index)[None, :, None].expand(weights.shape).flatten().tolist()
@@ -248,7 +254,7 @@ def draw_msda_sampling_locations(
         for i in order:
             radius = base_radius * (0.6 + 1.4 * min(1.0, (flat_weights[i] * num_points) ** 0.5 / 2))
             _dot(draw, *flat_locations[i], radius, label_color(flat_levels[i]) if color_by_level else colors[k])
-        reference = sampling.reference_points[image_index, query, 0, :2].float() * size  # level 0, valid ratio 1
+        reference = sampling.reference_points[image_index, query, 0, :2].float().cpu() * size  # level 0, valid ratio 1
         if color_by_level:  # white, ringed in the query's colour
             _dot(draw, *reference.tolist(), base_radius * 2, REFERENCE_COLOR, outline=colors[k])
         else:
