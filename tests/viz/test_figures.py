@@ -43,6 +43,7 @@ def test_detr_figure_colours_sampling_points_by_level(tmp_path: Path):
     assert {label_color(level) for level in range(4)} <= colors  # four feature levels (strides 8 to 64) ...
     drawn = {color for _, color in saved.crop((0, 0, 256, 256)).getcolors(1 << 16)}  # title and image, no legend
     assert len({label_color(level) for level in range(4)} & drawn) >= 2  # ... on the image, not only the legend
+    assert {label_color(4), label_color(5)} <= drawn  # the two queries' boxes, in colours no level uses
 
 
 def test_dat_figures_of_a_detector_backbone():

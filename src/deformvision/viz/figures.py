@@ -73,7 +73,8 @@ def detr_figure(model: DeformableDETR, x: Tensor, shown: Image.Image, max_querie
     queries = scores.argsort(descending=True)[:max_queries].tolist()
     size = torch.tensor([shown.width, shown.height] * 2, dtype=torch.float32)
     boxes = box_convert(outputs["pred_boxes"][0, queries].float().cpu(), in_fmt="cxcywh", out_fmt="xyxy") * size
-    colors = [label_color(n) for n in range(len(queries))]
+    levels = calls[-1].locations.shape[3]
+    colors = [label_color(levels + n) for n in range(len(queries))]  # boxes in colours the levels do not use
     out = draw_msda_sampling_locations(
         shown, calls[-1], queries, boxes=boxes, colors=colors, scale=scale, color_by_level=True
     )
