@@ -137,7 +137,7 @@ class DeformableAttention(nn.Module):
         self.proj_v = nn.Linear(dim, dim)
         self.proj_out = nn.Linear(dim, dim)
         # Fused attention keeps no probabilities; with ``fused_attn = False`` they are computed explicitly and
-        # pass through ``attn_drop``, where a hook can read them (deformvision.analysis), as in timm.
+        # pass through ``attn_drop``, where a hook can read them (layers/inspection.py), as in timm.
         self.fused_attn = True
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)

@@ -127,7 +127,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         # Fused attention keeps no probabilities; with ``fused_attn = False`` they are computed explicitly and
-        # pass through ``attn_drop``, where a hook can read them (deformvision.analysis), as in timm.
+        # pass through ``attn_drop``, where a hook can read them (layers/inspection.py), as in timm.
         self.fused_attn = True
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
