@@ -40,8 +40,17 @@ def test_count_parameters_is_sum_of_numel_with_shared_counted_once():
     shared = nn.Linear(5, 5)
     model = nn.Sequential(shared, nn.Conv2d(3, 4, 3), shared)
     assert count_parameters(model) == 5 * 5 + 5 + 4 * 3 * 9 + 4
-    dat = narrow_dat()
-    assert count_parameters(dat) == sum(p.numel() for p in dat.parameters())
+
+
+def test_count_parameters_of_a_deformable_attention_by_hand_frozen_ones_included():
+    # no_offset freezes the offset network: its parameters still count
+    dim, heads, groups, (h, w), k = 12, 4, 2, (5, 7), 3
+    layer = DeformableAttention(dim, heads, groups, (h, w), offset_kernel_size=k, no_offset=True, use_pe=False)
+    gc = dim // groups
+    offset_net = (gc * k * k + gc) + 2 * gc + gc * 2  # depthwise conv + bias, LayerNorm2d, 1x1 conv without bias
+    assert count_parameters(layer) == offset_net + 4 * (dim * dim + dim)  # + q, k, v, out projections
+    with_table = DeformableAttention(dim, heads, groups, (h, w), offset_kernel_size=k)
+    assert count_parameters(with_table) == offset_net + 4 * (dim * dim + dim) + heads * (2 * h - 1) * (2 * w - 1)
 
 
 def test_linear_macs():

@@ -13,12 +13,15 @@ Subcommands:
     eval    evaluate weights on a config's validation set (top-1/5, COCO box/mask AP, mIoU).
     predict detections, masks, class maps or top-k classes of image files as JSON and annotated PNGs.
     demo    train a small DAT model on a built-in digits set on the CPU, evaluate, draw it.
+    analyze attention collapse of models on images (JSON, plot), an HTML report.
+    viz     where deformable attention looks: DAT points and top keys, Deformable DETR sampling by level.
 """
 
 import argparse
 from collections.abc import Sequence
 
 from deformvision import __version__
+from deformvision.cli.analysis import _add_analyze_parser, _add_viz_parser
 from deformvision.cli.inference import _add_demo_parser, _add_predict_parser
 from deformvision.cli.tools import _add_convert_parser, _add_flops_parser, _add_recipes_parser
 from deformvision.cli.training import _add_eval_parser, _add_train_parser
@@ -44,4 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(subparsers)
     _add_predict_parser(subparsers)
     _add_demo_parser(subparsers)
+    _add_analyze_parser(subparsers)
+    _add_viz_parser(subparsers)
     return parser

@@ -136,7 +136,10 @@ class DeformableAttention(nn.Module):
         self.proj_k = nn.Linear(dim, dim)
         self.proj_v = nn.Linear(dim, dim)
         self.proj_out = nn.Linear(dim, dim)
-        self.attn_drop = attn_drop
+        # Fused attention keeps no probabilities; with ``fused_attn = False`` they are computed explicitly and
+        # pass through ``attn_drop``, where a hook can read them (layers/inspection.py), as in timm.
+        self.fused_attn = True
+        self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
 
         h, w = self.fmap_size
@@ -227,10 +230,13 @@ class DeformableAttention(nn.Module):
                 bias = self.rpe_table[None].expand(b, -1, -1, -1)
             else:
                 bias = self.position_bias(pos, h, w).view(b, heads, h * w, num_keys)
-        # softmax(q k^T * scale + bias) v, fused: the (HW, Ns) probabilities are not kept for backward
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )  # B, heads, HW, hd
+        if self.fused_attn:  # softmax(q k^T * scale + bias) v; the (HW, Ns) probabilities are not kept for backward
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+            )  # B, heads, HW, hd
+        else:
+            logits = q @ k.transpose(-2, -1) * self.scale  # B, heads, HW, Ns
+            out = self.attn_drop((logits if bias is None else logits + bias).softmax(-1)) @ v
         out = out.transpose(1, 2).reshape(b, h, w, c)  # B, H, W, C
         if self.rpe_table is not None and self.dwc_pe:  # depthwise-conv position encoding of the queries
             out = out + self.rpe_table(q.transpose(2, 3).reshape(b, c, h, w)).permute(0, 2, 3, 1)

@@ -33,6 +33,19 @@ def directional_offset_bias(n_heads: int, n_levels: int, n_points: int) -> Tenso
     return grid.expand(n_heads, n_levels, n_points, 2).flatten()
 
 
+class MSDeformSampling(nn.Module):
+    """The sampling step of :class:`MSDeformAttn` as a parameter-free module: :func:`deformvision.ops.ms_deform_attn`.
+
+    It exists so that a forward hook can read the sampling locations and attention weights exactly as the
+    layer computed them (:mod:`deformvision.layers.inspection`); it adds nothing to the state dict.
+    """
+
+    def forward(
+        self, value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, locations: Tensor, weights: Tensor
+    ) -> Tensor:
+        return ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention (the official ``MSDeformAttn``).
 
@@ -85,6 +98,7 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling = MSDeformSampling()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -134,7 +148,7 @@ class MSDeformAttn(nn.Module):
         # Reference points may be float32 in a float64 model (the official valid ratios are float32): the
         # sampling runs in the wider dtype, the result comes back in the model's.
         dtype = torch.promote_types(value.dtype, locations.dtype)
-        output = ms_deform_attn(
+        output = self.sampling(
             value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype), weights.to(dtype)
         )  # N, Lq, M * D
         return self.output_proj(output.to(value.dtype))

@@ -126,7 +126,10 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.attn_drop = attn_drop
+        # Fused attention keeps no probabilities; with ``fused_attn = False`` they are computed explicitly and
+        # pass through ``attn_drop``, where a hook can read them (layers/inspection.py), as in timm.
+        self.fused_attn = True
+        self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -158,10 +161,12 @@ class WindowAttention(nn.Module):
             num_windows = mask.shape[0]
             q, k, v = (t.reshape(b, num_windows * heads, n, -1) for t in (q, k, v))
             bias = (bias + mask.to(bias.dtype)[:, None]).reshape(1, num_windows * heads, n, n)
-        # softmax(q k^T * scale + bias) v, fused
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
+        if self.fused_attn:  # softmax(q k^T * scale + bias) v
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+            )
+        else:
+            out = self.attn_drop((q @ k.transpose(-2, -1) * self.scale + bias).softmax(-1)) @ v
         out = out.reshape(-1, heads, n, c // heads).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
         out = self.proj_drop(self.proj(out))
 

@@ -12,23 +12,34 @@ input image (pixel edges at integers: pixel ``(i, j)`` covers ``[j, j + 1) x [i,
   exactly (true for the DAT backbones at sizes divisible by their largest stride; otherwise off by less
   than one level stride).
 
-The decoder's sampling locations are not stored by the model: :func:`record_sampling_locations` hooks an
-:class:`~deformvision.layers.MSDeformAttn` and recomputes them from the module's inputs and parameters
-(:func:`msda_sampling_locations`), the same formula as its ``forward``.
+Nothing here computes a sampling location: the points, locations and attention weights drawn are the
+tensors the modules computed in their forward pass, read by the hooks of :mod:`deformvision.layers.inspection`
+(:func:`~deformvision.analysis.record_attention` for DAT, :func:`~deformvision.analysis.record_msda_sampling`,
+re-exported here as :func:`record_sampling_locations`, for Deformable DETR).
 """
 
-import contextlib
-import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from deformvision.layers import MSDeformAttn
+from deformvision.layers.inspection import MSDASampling, record_attention
+from deformvision.layers.inspection import record_msda_sampling as record_sampling_locations
 from deformvision.viz.detections import Color, enlarge, label_color
+from deformvision.viz.masks import add_legend
+
+__all__ = [
+    "DatBlockPoints",
+    "MSDASampling",
+    "dat_points_to_pixels",
+    "dat_sampling_points",
+    "draw_dat_sampling_points",
+    "draw_dat_top_keys",
+    "draw_msda_sampling_locations",
+    "record_sampling_locations",
+]
 
 REFERENCE_COLOR: Color = (255, 255, 255)
 
@@ -42,12 +53,17 @@ class DatBlockPoints:
         positions: ``(G, Hk, Wk, 2)`` deformed sampling positions per offset group.
         references: ``(G, Hk, Wk, 2)`` the reference grid they were moved from.
         stride: input pixels per pixel of the block's map.
+        attention: ``(heads, Hq * Wq, Hk * Wk)`` attention probabilities of the block's queries (its map
+            pixels, row-major) over the sampled keys; heads ``g * heads / G`` on read group ``g``'s points.
+        query_map: ``(Hq, Wq)`` the block's query map.
     """
 
     name: str
     positions: Tensor
     references: Tensor
     stride: int
+    attention: Tensor
+    query_map: tuple[int, int]
 
 
 def dat_points_to_pixels(points: Tensor, map_size: tuple[int, int], stride: float) -> Tensor:
@@ -61,7 +77,9 @@ def dat_points_to_pixels(points: Tensor, map_size: tuple[int, int], stride: floa
 
 @torch.no_grad()
 def dat_sampling_points(backbone: nn.Module, image: Tensor) -> list[DatBlockPoints]:
-    """The deformable blocks' sampling points of a DAT model for one image, in input pixels.
+    """The deformable blocks' sampling points and attention of a DAT model for one image, in input pixels.
+
+    Read by :func:`~deformvision.analysis.record_attention` from the model's own forward pass.
 
     Args:
         backbone: a :class:`~deformvision.models.dat.DAT` (classifier or ``features_only`` backbone).
@@ -69,18 +87,24 @@ def dat_sampling_points(backbone: nn.Module, image: Tensor) -> list[DatBlockPoin
 
     Returns:
         One :class:`DatBlockPoints` per ``D`` block, in network order.
+
+    Raises:
+        ValueError: ``image`` is not one ``(C, H, W)`` tensor.
     """
-    maps, points = backbone.forward_stages(image[None])
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be one (C, H, W) tensor, got {got}")
+    with record_attention(backbone) as records:
+        backbone(image[None])
     patch_size = backbone.stem.proj.stride[0]
     blocks = []
-    for name, block_points in points.items():
-        stage = int(name.split(".")[1])
-        map_size = tuple(maps[stage].shape[1:3])  # channels-last (1, h, w, C)
-        stride = patch_size * 2**stage
-        blocks.append(DatBlockPoints(
-            name, dat_points_to_pixels(block_points.positions[0].float(), map_size, stride),
-            dat_points_to_pixels(block_points.references[0].float(), map_size, stride), stride,
-        ))  # fmt: skip
+    for record in records:
+        if record.kind != "deformable":
+            continue
+        stride = patch_size * 2 ** int(record.name.split(".")[1])  # 'stages.{i}.blocks.{j}'
+        positions = dat_points_to_pixels(record.points.positions[0].float(), record.map_size, stride)
+        references = dat_points_to_pixels(record.points.references[0].float(), record.map_size, stride)
+        blocks.append(DatBlockPoints(record.name, positions, references, stride, record.probs[0, 0], record.map_size))
     return blocks
 
 
@@ -121,81 +145,62 @@ def draw_dat_sampling_points(
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Multi-scale deformable attention (Deformable DETR)
+def draw_dat_top_keys(
+    image: Image.Image, block: DatBlockPoints, queries: Sequence[tuple[float, float]], *, k: int = 8, scale: int = 1
+) -> Image.Image:
+    """``image`` (enlarged) with a DAT block's deformed points and, for chosen queries, their ``k`` most attended.
 
-
-@dataclass
-class MSDASampling:
-    """The sampling of one :class:`~deformvision.layers.MSDeformAttn` call (``N`` images, ``Q`` queries).
-
-    Attributes:
-        locations: ``(N, Q, M, L, P, 2)`` ``(x, y)`` in ``[0, 1]`` of each level's map, per head ``M``,
-            level ``L`` and point ``P``.
-        weights: ``(N, Q, M, L, P)`` attention weights (each head's ``L * P`` weights sum to 1).
-        reference_points: ``(N, Q, L, 2|4)`` the call's reference points ``(x, y)`` or boxes ``(cx, cy, w, h)``.
-    """
-
-    locations: Tensor
-    weights: Tensor
-    reference_points: Tensor
-
-
-def msda_sampling_locations(
-    module: MSDeformAttn, query: Tensor, reference_points: Tensor, spatial_shapes: Tensor
-) -> MSDASampling:
-    """Recompute the sampling locations and attention weights of ``module`` for these inputs.
-
-    The same formula as :meth:`MSDeformAttn.forward` (a pure function of the query, the reference
-    points, the level shapes and the module's ``sampling_offsets`` / ``attention_weights`` layers).
+    As the DAT paper's figures: all deformed points of the block are small grey dots; each query (a map
+    pixel, marked by a ringed dot in its colour) is joined to its ``k`` keys of highest attention weight
+    (averaged over the heads reading each offset group), dots in the query's colour whose size grows
+    with the weight. A legend below names the queries.
 
     Args:
-        module: the attention layer.
-        query: ``(N, Q, d_model)`` its ``query`` input (queries plus positional embedding).
-        reference_points: ``(N, Q, L, 2)`` points ``(x, y)`` or ``(N, Q, L, 4)`` boxes ``(cx, cy, w, h)``.
-        spatial_shapes: ``(L, 2)`` ``(H_l, W_l)``.
+        image: the input image the points were computed for.
+        block: :func:`dat_sampling_points` output for that image.
+        queries: query positions ``(x, y)`` in input pixels; each selects the block map pixel holding it.
+        k: keys to show per query, ``1 <= k <= G * Hk * Wk``.
+        scale: integer enlargement.
+
+    Returns:
+        An RGB image ``scale * W`` wide, ``scale * H`` high plus the legend band.
+
+    Raises:
+        ValueError: ``k`` out of range, or a query outside the image.
     """
-    N, Q, _ = query.shape
-    M, L, P = module.n_heads, module.n_levels, module.n_points
-    offsets = module.sampling_offsets(query).view(N, Q, M, L, P, 2)
-    weights = F.softmax(module.attention_weights(query).view(N, Q, M, L * P), -1).view(N, Q, M, L, P)
-    ref = reference_points[:, :, None, :, None, :]  # N, Q, 1, L, 1, 2|4
-    if reference_points.shape[-1] == 2:
-        size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # L, 2: (W, H)
-        locations = ref + offsets / size_xy[:, None, :]
-    else:
-        locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
-    return MSDASampling(locations, weights, reference_points)
+    groups = block.positions.shape[0]
+    num_keys = block.positions[0].numel() // 2
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= groups * num_keys:
+        raise ValueError(f"k must be an integer in [1, {groups * num_keys}] (the block's sampled keys), got {k!r}")
+    out = enlarge(image, scale)
+    draw = ImageDraw.Draw(out)
+    radius = max(2.0, scale * 0.75)
+    all_points = (block.positions.reshape(-1, 2) * scale).tolist()  # G * Hk * Wk, 2
+    for x, y in all_points:
+        _dot(draw, x, y, radius / 2, (160, 160, 160))
+    heads = block.attention.shape[0]
+    names = []
+    for n, (x, y) in enumerate(queries):
+        if not (0 <= x < image.width and 0 <= y < image.height):
+            raise ValueError(f"query {n} (x, y) = {(x, y)} is outside the {image.width}x{image.height} image")
+        row = min(int(y // block.stride), block.query_map[0] - 1)
+        col = min(int(x // block.stride), block.query_map[1] - 1)
+        weights = block.attention[:, row * block.query_map[1] + col]  # heads, Hk * Wk
+        weights = weights.view(groups, heads // groups, -1).mean(1).flatten() / groups  # G * Hk * Wk, sums to 1
+        top = weights.topk(k)
+        color = label_color(n)
+        center = ((col + 0.5) * block.stride * scale, (row + 0.5) * block.stride * scale)
+        for weight, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            px, py = all_points[index]
+            draw.line((*center, px, py), fill=color, width=1)
+            _dot(draw, px, py, radius * (0.8 + 1.2 * (weight / top.values[0].item()) ** 0.5), color, outline=(0, 0, 0))
+        _dot(draw, *center, radius * 2, color, outline=REFERENCE_COLOR)
+        names.append(f"query ({x:g}, {y:g}): top-{k} keys, {100 * top.values.sum().item():.0f}% of its attention")
+    return add_legend(out, names, range(len(names)))
 
 
-@contextlib.contextmanager
-def record_sampling_locations(module: MSDeformAttn) -> Iterator[list[MSDASampling]]:
-    """Within the context, every forward call of ``module`` appends its :class:`MSDASampling` to the list.
-
-    A forward hook (removed on exit) recomputes them with :func:`msda_sampling_locations` from the call's
-    arguments, detached; nothing is stored by the module itself.
-
-    Example:
-        >>> layer = model.transformer.decoder.layers[-1].cross_attn  # doctest: +SKIP
-        >>> with torch.no_grad(), record_sampling_locations(layer) as calls:  # doctest: +SKIP
-        ...     outputs = model(images)
-        >>> calls[0].locations.shape  # N, Q, M, L, P, 2  # doctest: +SKIP
-    """
-    calls: list[MSDASampling] = []
-    signature = inspect.signature(module.forward)
-
-    def hook(mod: MSDeformAttn, args: tuple, kwargs: dict, output: Tensor) -> None:
-        bound = signature.bind(*args, **kwargs).arguments
-        with torch.no_grad():
-            calls.append(msda_sampling_locations(
-                mod, bound["query"].detach(), bound["reference_points"].detach(), bound["spatial_shapes"]
-            ))  # fmt: skip
-
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
+# --------------------------------------------------------------------------------------------------
+# Multi-scale deformable attention (Deformable DETR)
 
 
 def draw_msda_sampling_locations(
@@ -208,12 +213,13 @@ def draw_msda_sampling_locations(
     colors: Sequence[Color] | None = None,
     scale: int = 1,
     levels: Sequence[int] | None = None,
+    color_by_level: bool = False,
 ) -> Image.Image:
     """``image`` (enlarged ``scale`` times) with the sampling locations of some queries of one MSDeformAttn call.
 
-    Every location of a query (all heads, levels and points) is a dot in the query's colour whose area
-    grows with its attention weight; the query's reference point is a white-ringed dot and its box, when
-    given, an outline.
+    Every location of a query (all heads, levels and points) is a dot in the query's colour (or its level's)
+    whose area grows with its attention weight; the query's reference point is a white-ringed dot (a white
+    dot ringed in the query's colour when coloured by level) and its box, when given, an outline.
 
     Args:
         image: the (unpadded) input image; locations in ``[0, 1]`` are scaled by its size.
@@ -224,9 +230,11 @@ def draw_msda_sampling_locations(
         colors: one colour per query (default: the palette in query order).
         scale: integer enlargement of the output.
         levels: the feature levels whose locations are drawn (default: all).
+        color_by_level: colour each location by its feature level (palette index = level) instead of by
+            query, as Deformable DETR's figures, with a legend of the levels below the image.
 
     Returns:
-        An RGB image of size ``(scale * W, scale * H)``.
+        An RGB image of size ``(scale * W, scale * H)`` (plus the legend band when ``color_by_level``).
     """
     out = enlarge(image, scale)
     draw = ImageDraw.Draw(out)
@@ -235,16 +243,22 @@ def draw_msda_sampling_locations(
     level_index = list(levels) if levels is not None else list(range(sampling.locations.shape[3]))
     base_radius = max(1.5, scale * 0.6)
     for k, query in enumerate(queries):
-        locations = sampling.locations[image_index, query][:, level_index].float() * size  # M, L', P, 2
-        weights = sampling.weights[image_index, query][:, level_index].float()  # M, L', P
+        locations = sampling.locations[image_index, query][:, level_index].float().cpu() * size  # M, L', P, 2
+        weights = sampling.weights[image_index, query][:, level_index].float().cpu()  # M, L', P
         if boxes is not None:
-            draw.rectangle((boxes[k] * scale).tolist(), outline=colors[k], width=2)
+            draw.rectangle((boxes[k].cpu() * scale).tolist(), outline=colors[k], width=2)
         order = weights.flatten().argsort().tolist()  # heaviest last, on top
         flat_locations, flat_weights = locations.reshape(-1, 2).tolist(), weights.flatten().tolist()
+        flat_levels = torch.tensor(level_index)[None, :, None].expand(weights.shape).flatten().tolist()
         num_points = len(flat_weights) / weights.shape[0]  # per head: uniform attention is 1 / num_points
         for i in order:
             radius = base_radius * (0.6 + 1.4 * min(1.0, (flat_weights[i] * num_points) ** 0.5 / 2))
-            _dot(draw, *flat_locations[i], radius, colors[k])
-        reference = sampling.reference_points[image_index, query, 0, :2].float() * size  # level 0, valid ratio 1
-        _dot(draw, *reference.tolist(), base_radius * 2, colors[k], outline=REFERENCE_COLOR)
+            _dot(draw, *flat_locations[i], radius, label_color(flat_levels[i]) if color_by_level else colors[k])
+        reference = sampling.reference_points[image_index, query, 0, :2].float().cpu() * size  # level 0, valid ratio 1
+        if color_by_level:  # white, ringed in the query's colour
+            _dot(draw, *reference.tolist(), base_radius * 2, REFERENCE_COLOR, outline=colors[k])
+        else:
+            _dot(draw, *reference.tolist(), base_radius * 2, colors[k], outline=REFERENCE_COLOR)
+    if color_by_level:
+        return add_legend(out, [f"level {level}" for level in range(sampling.locations.shape[3])], level_index)
     return out
