@@ -307,15 +307,16 @@ def validate_config(config: TrainConfig) -> None:
     Raises:
         ConfigError: the first bad value, as ``"optim.lr = -1.0: must be > 0"`` (key, value, what is allowed).
     """
-    _check_section(config, ())
+    validate_section(config)
     _check_relations(config)
 
 
-def _check_section(section: Any, path: tuple[str, ...]) -> None:
+def validate_section(section: Any, path: tuple[str, ...] = ()) -> None:
+    """Check one config dataclass (and the sections in it) against its fields' rules; ``path`` prefixes keys."""
     for spec in dataclasses.fields(section):
         value, key = getattr(section, spec.name), (*path, spec.name)
         if dataclasses.is_dataclass(value):
-            _check_section(value, key)
+            validate_section(value, key)
             continue
         rule = spec.metadata.get("rule")
         if rule is None or value is None:  # bools (their type is all there is) and model.kwargs (the model checks)
