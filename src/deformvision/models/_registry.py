@@ -163,7 +163,13 @@ def check_known_kwargs(variant: str, model_cls: Callable[..., nn.Module], kwargs
         return
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise TypeError(f"{variant} got unknown argument(s) {', '.join(unknown)}; valid: {', '.join(params)}")
+        raise TypeError(f"{variant} got {unknown_arguments(unknown)}; valid: {', '.join(params)}")
+
+
+def unknown_arguments(names: Sequence[str]) -> str:
+    """``"an unexpected keyword argument 'x'"`` (Python's own words) or ``"unexpected keyword arguments 'x', 'y'"``."""
+    quoted = ", ".join(map(repr, names))
+    return f"an unexpected keyword argument {quoted}" if len(names) == 1 else f"unexpected keyword arguments {quoted}"
 
 
 def check_int(name: str, value: Any, low: int = 1) -> None:

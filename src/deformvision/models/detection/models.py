@@ -42,7 +42,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredict
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from deformvision.models._registry import build_model, check_int, register_model
+from deformvision.models._registry import build_model, check_int, register_model, unknown_arguments
 from deformvision.models.detection.backbone import DATFPN, FPN_CHANNELS, dat_fpn
 from deformvision.models.detection.cascade import CascadeMaskRCNN
 
@@ -61,7 +61,7 @@ def _check_torchvision_kwargs(detector: str, bases: tuple[type, ...], kwargs: di
     unknown = sorted(set(kwargs) - valid - set(_TRANSFORM_KWARGS))
     if unknown:
         valid_names = ", ".join(sorted(valid | set(_TRANSFORM_KWARGS)))
-        raise TypeError(f"{detector} got unknown argument(s) {', '.join(unknown)}; valid: {valid_names}")
+        raise TypeError(f"{detector} got {unknown_arguments(unknown)}; valid: {valid_names}")
 
 
 class ZeroBasedLabels:
