@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deformvision.demo import RECIPES
 from deformvision.engine.config import ConfigError, TrainConfig, config_from_dict, load_config
 
 
@@ -41,7 +42,7 @@ UNIT_OPEN_LOW, UNIT_OPEN_HIGH = number(lambda v: 0 < v <= 1), number(lambda v: 0
 
 # Allowed values of every key when only that key differs from the defaults (defaults: cosine schedule of
 # 300 epochs with 20 of warmup, lr 1e-3, warmup_lr 1e-6, min_lr 1e-5, classification from an image folder,
-# 512x512 crops slid every 341 pixels).
+# whole-image segmentation inference).
 ALLOWED = {
     "model.name": TEXT,
     "model.checkpoint": optional(TEXT),
@@ -78,11 +79,11 @@ ALLOWED = {
     "aug.val_size": AT_LEAST_1,
     "aug.seg_scale": every(AT_LEAST_1),
     "aug.seg_ratio_range": pair(POSITIVE),
-    "aug.seg_crop": every(number(lambda v: v >= 341)),
+    "aug.seg_crop": every(AT_LEAST_1),
     "aug.cat_max_ratio": UNIT_OPEN_LOW,
     "aug.photometric": BOOL,
     "aug.seg_inference": lambda v: v in ("whole", "slide"),
-    "aug.slide_stride": every(number(lambda v: 1 <= v <= 512)),
+    "aug.slide_stride": every(AT_LEAST_1),  # compared with aug.seg_crop only for slide inference
     "loss.label_smoothing": UNIT_OPEN_HIGH,
     "loss.cls_loss_coef": NON_NEGATIVE,
     "loss.bbox_loss_coef": NON_NEGATIVE,
@@ -128,8 +129,8 @@ ALLOWED = {
     "resume": optional(TEXT),
     "overwrite": BOOL,
 }
-# Keys whose in-range values another key's default can still refuse (data.format, aug.slide_stride).
-RELATED = {"data.task", "aug.seg_crop"}
+# Keys whose in-range values another key's default can still refuse (data.format).
+RELATED = {"data.task"}
 
 FLOATS = st.one_of(st.floats(), st.sampled_from([0.0, 1.0, -1.0, 1e-9, 0.5, 10.0, 32.0, 341.0, 2.0**32]))
 INTS = st.one_of(st.integers(-3, 2**33), st.sampled_from([0, 1, 31, 32, 341, 512, 513, 2**32 - 1, 2**32]))
@@ -218,7 +219,10 @@ def test_random_values_are_accepted_exactly_when_in_range(data):
             ["data.format=coco"],
             "data.format = 'coco': must be one of image_folder, digits for data.task classification",
         ),
-        (["aug.slide_stride=[600, 600]"], "aug.slide_stride = [600, 600]: must be <= aug.seg_crop [512, 512]"),
+        (
+            ["aug.seg_inference=slide", "aug.slide_stride=[600, 600]"],
+            "aug.slide_stride = [600, 600]: must be <= aug.seg_crop [512, 512]",
+        ),
     ],
 )
 def test_messages_name_the_key_the_value_and_what_is_allowed(overrides, message):
@@ -233,3 +237,9 @@ def test_step_schedule_ignores_min_lr_and_no_warmup_ignores_warmup_lr():
     assert (config.optim.lr, config.schedule.min_lr, config.schedule.warmup_lr) == (1e-7, 1e-5, 1e-6)
     with pytest.raises(ConfigError, match=r"schedule.warmup_lr = 1e-06: must be <= optim.lr \(1e-07\)"):
         load_config(None, ["schedule.name=step", "optim.lr=1e-7"])
+
+
+@pytest.mark.parametrize("task", sorted(RECIPES))
+def test_the_demo_recipes_are_valid(task, tmp_path):
+    config = config_from_dict({**RECIPES[task], "output_dir": str(tmp_path)})
+    assert config.data.task == task

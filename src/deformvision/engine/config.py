@@ -157,7 +157,7 @@ class AugConfig:
     cat_max_ratio: float = _key(0.75, Rule(0, 1, low_open=True))  # a crop is redrawn while a class covers more
     photometric: bool = True  # brightness / contrast / saturation / hue distortion in training
     seg_inference: str = _key("whole", Rule(choices=("whole", "slide")))  # whole | slide (seg_crop windows)
-    slide_stride: tuple[int, int] = _key((341, 341), _COUNT)  # at most seg_crop: windows must cover the image
+    slide_stride: tuple[int, int] = _key((341, 341), _COUNT)  # slide: at most seg_crop (windows cover the image)
 
 
 @dataclass
@@ -355,7 +355,7 @@ def _check_relations(config: TrainConfig) -> None:
     for key, sizes in (("aug.scales", aug.scales), ("aug.crop_resize", aug.crop_resize)):
         if not sizes:
             _fail(key, sizes, "must hold at least one size")
-    if any(stride > crop for stride, crop in zip(aug.slide_stride, aug.seg_crop, strict=True)):
+    if aug.seg_inference == "slide" and any(s > c for s, c in zip(aug.slide_stride, aug.seg_crop, strict=True)):
         _fail("aug.slide_stride", aug.slide_stride, f"must be <= aug.seg_crop {list(aug.seg_crop)} (windows overlap)")
 
 
