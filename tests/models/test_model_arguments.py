@@ -66,6 +66,12 @@ def test_unknown_arguments_are_refused_listing_the_valid_ones():
         dv.create_model("deformable_detr_dat_digits", dec_layer=1)
 
 
+def test_pretrained_must_be_a_bool():
+    """A string such as "false" is truthy: it would download weights the caller did not ask for."""
+    with pytest.raises(TypeError, match=r"pretrained must be True or False, got 'false' \(str\)"):
+        dv.create_model("dat_tiny", pretrained="false", **NARROW)
+
+
 def test_num_classes_zero_is_timms_headless_classifier():
     """num_classes=0 (timm's convention): forward returns the pooled features, the mean of the final map."""
     torch.manual_seed(0)

@@ -140,6 +140,7 @@ def create_model(
         if kwargs.get("pretrained_cfg") is not None:
             raise ValueError(f"give the weights tag either in the name ({name!r}) or as pretrained_cfg, not both")
         kwargs["pretrained_cfg"] = tag
+    check_bool("pretrained", pretrained)
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     model = _MODEL_FACTORIES[base](pretrained=pretrained, **kwargs)
