@@ -30,6 +30,7 @@ from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
 from deformvision.engine.checkpoint import find_checkpoint
 from deformvision.engine.coco_eval import masks_to_rle
+from deformvision.engine.distributed import resolve_device
 from deformvision.engine.run_dir import RUN_CONFIG
 from deformvision.engine.trainer import FINAL_WEIGHTS
 from deformvision.models import (
@@ -89,7 +90,8 @@ class Predictor:
     @torch.no_grad()
     def detect(self, images: Sequence[Image.Image], score_threshold: float = 0.0) -> list[dict[str, torch.Tensor]]:
         """Per image ``scores``, ``labels`` and ``boxes`` ``(x0, y0, x1, y1)`` in its own pixels (clipped to it),
-        best first, ``score >= score_threshold``."""
+        best first, ``score >= score_threshold`` (a number in [0, 1])."""
+        check_score_threshold(score_threshold)
         transform = build_transforms(self.config, train=False)
         tensors = [transform(image, {})[0].to(self.device) for image in images]
         outputs = self.model(tensors)  # padded to one batch by the detector
@@ -105,7 +107,8 @@ class Predictor:
         self, images: Sequence[Image.Image], score_threshold: float = 0.0
     ) -> list[dict[str, torch.Tensor]]:
         """Per image the model's ``boxes`` (original pixels), ``labels``, ``scores`` and, for mask models,
-        ``masks`` ``(n, 1, H, W)`` probabilities, best first, ``score >= score_threshold``."""
+        ``masks`` ``(n, 1, H, W)`` probabilities, best first, ``score >= score_threshold`` (a number in [0, 1])."""
+        check_score_threshold(score_threshold)
         transform = build_transforms(self.config, train=False)
         outputs = self.model([transform(image, {})[0].to(self.device) for image in images])
         results = []
@@ -132,7 +135,9 @@ class Predictor:
 
     @torch.no_grad()
     def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[dict[str, torch.Tensor]]:
-        """Per image the ``top_k`` most probable classes: ``scores`` (softmax) and ``labels``, best first."""
+        """Per image the ``top_k`` (an int >= 1) most probable classes: ``scores`` (softmax) and ``labels``, best
+        first."""
+        check_top_k(top_k)
         transform = build_transforms(self.config, train=False)
         batch = torch.stack([transform(image) for image in images]).to(self.device)
         probabilities = self.model(batch).float().softmax(-1)
@@ -176,10 +181,20 @@ def class_names_of(config: TrainConfig) -> list[str] | None:
     return [categories.get(i, "") for i in range(max(categories) + 1)]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def check_score_threshold(score_threshold: float) -> None:
+    """Raise unless ``score_threshold`` is a number in [0, 1] (TypeError for another type, ValueError else; nan too)."""
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
+        raise TypeError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+    if not 0 <= score_threshold <= 1:  # nan fails both comparisons
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+
+
+def check_top_k(top_k: int) -> None:
+    """Raise unless ``top_k`` is an int >= 1 (TypeError for another type, ValueError below 1)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"top_k must be an int >= 1, got {top_k!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k}")
 
 
 def load_predictor(
@@ -207,13 +222,15 @@ def load_predictor(
         checkpoint: weights (ours, official or Hugging Face; see :func:`~deformvision.models.load_checkpoint`).
         overrides: ``section.key=value`` config overrides (e.g. ``aug.val_size=512``, ``loss.num_select=50``).
         model_kwargs: further model arguments (over ``model.kwargs``).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (see
+            :func:`~deformvision.engine.distributed.resolve_device`).
 
     Raises:
         ValueError: not exactly one of ``run``, ``config``, ``model``; a config or weights that do not fit; a
             model without ``checkpoint`` that has no published weights.
         FileNotFoundError: a missing run directory, config or weights file.
-        RuntimeError: pretrained weights that are not cached and cannot be downloaded.
+        RuntimeError: pretrained weights that are not cached and cannot be downloaded; a device this machine
+            does not have.
     """
     if sum(source is not None for source in (run, config, model)) != 1:
         raise ValueError("give exactly one of a run directory, a config file or a model name")
@@ -251,7 +268,7 @@ def load_predictor(
         weights = load_pretrained(net, pretrained)
     elif weights is not None:
         load_checkpoint(net, weights)
-    target = _device(device)
+    target = resolve_device(device)
     return Predictor(net.eval().to(target), train_config, class_names, target, weights)
 
 
@@ -300,14 +317,19 @@ def _pretrained_class_names(cfg: PretrainedCfg | None) -> list[str] | None:
 # Running it on files
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files named directly (whatever their extension) or found in folders (their image files, sorted,
-    not recursive), in the order given.
+    not recursive), in the order given. A single path stands for a list of one.
 
     Raises:
         FileNotFoundError: an input does not exist.
         ValueError: a folder holds no image file, or there are no inputs.
+        TypeError: an input is not a path.
     """
+    inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    for item in inputs:
+        if not isinstance(item, str | Path):
+            raise TypeError(f"inputs must be image or folder paths (str or Path), got {item!r}")
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -388,7 +410,7 @@ def _annotate(predictor: Predictor, image: Image.Image, result: Any) -> Image.Im
 
 def predict_files(
     predictor: Predictor,
-    inputs: Sequence[str | Path],
+    inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     *,
     score_threshold: float = 0.3,
@@ -409,7 +431,15 @@ def predict_files(
     Raises:
         ValueError: naming the file, for an image that cannot be decoded (``predictions.json`` is not written).
         FileNotFoundError, ValueError: inputs as :func:`collect_images`.
+        TypeError, ValueError: ``score_threshold`` not in [0, 1], ``top_k`` or ``batch_size`` not an int >= 1
+            (checked before anything is read or written).
     """
+    check_score_threshold(score_threshold)
+    check_top_k(top_k)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
     files = collect_images(inputs)
     pngs = _png_names(files)
     output_dir = Path(output_dir)

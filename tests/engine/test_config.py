@@ -1,6 +1,10 @@
 """Config loading: the shipped YAML files, overrides, type conversion, unknown keys, ``base`` files."""
 
+import functools
+from pathlib import Path
+
 import pytest
+import yaml
 from engine_utils import CONFIGS
 
 from deformvision.engine.config import (
@@ -13,9 +17,45 @@ from deformvision.engine.config import (
 )
 
 
+def _file_values(path: Path) -> dict:
+    """The YAML file's mapping over its ``base`` file's, merged here independently of the loader."""
+    raw = yaml.safe_load(path.read_text())
+    base = raw.pop("base", None)
+    merged = _file_values(path.parent / base) if base else {}
+    for section, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **value}
+        else:
+            merged[section] = value
+    return merged
+
+
+def _tuples(value):
+    """Lists (YAML's) and tuples (the config's) alike, nested too."""
+    return tuple(map(_tuples, value)) if isinstance(value, list | tuple) else value
+
+
+def _leaves(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key != "kwargs" and key != "lr_mults":
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load_and_round_trip(path):
+def test_shipped_configs_load_every_value_written_and_round_trip(path):
+    """Every key written in the file (or its base files) arrives in the config, and only defaults elsewhere."""
     config = load_config(path)
+    written = dict(_leaves(_file_values(path)))
+    assert written, "a recipe with no keys"
+    for key, expected in written.items():
+        actual = functools.reduce(getattr, key.split("."), config)
+        assert _tuples(actual) == _tuples(expected), key
+    defaults = dict(_leaves(config_to_dict(TrainConfig())))
+    for key, value in _leaves(config_to_dict(config)):
+        if key not in written:
+            assert value == defaults[key], key
     assert config_from_dict(config_to_dict(config)) == config
 
 
@@ -27,7 +67,14 @@ def test_paper_recipes():
     assert (tiny.schedule.name, tiny.schedule.epochs, tiny.schedule.warmup_epochs) == ("cosine", 300, 20)
     assert (tiny.aug.rand_augment, tiny.aug.mixup, tiny.aug.cutmix, tiny.aug.reprob) == ((2, 9.0), 0.8, 1.0, 0.25)
     assert tiny.loss.label_smoothing == 0.1
-    assert small.optim == tiny.optim and base.aug == tiny.aug  # inherited through `base`
+    # small and base write no optim / aug section: both come from dat_tiny_imagenet.yaml through `base`
+    for path in ("dat_small_imagenet.yaml", "dat_base_imagenet.yaml"):
+        assert not {"optim", "aug"} & set(yaml.safe_load((CONFIGS / path).read_text()))
+    for config in (small, base):
+        assert (config.optim.lr, config.optim.lr_ref_batch, config.optim.clip_grad) == (1e-3, 1024, 5.0)
+        assert config.optim.no_decay_keywords == ("relative_position_bias_table", "rpe_table")
+        assert (config.aug.rand_augment, config.aug.mixup, config.aug.cutmix) == ((2, 9.0), 0.8, 1.0)
+        assert (config.schedule.epochs, config.amp, config.data.batch_size) == (300, "auto", 128)
 
     detr = load_config(CONFIGS / "deformable_detr_r50_coco.yaml")
     assert (detr.optim.lr, detr.optim.backbone_lr, detr.optim.weight_decay, detr.optim.clip_grad) == (
@@ -68,13 +115,13 @@ def test_defaults_without_a_file():
         (["optim.lr=fast"], "optim.lr must be float, got 'fast'"),
         (["data.batch_size=2.5"], "data.batch_size must be int"),
         (["aug.crop=[1, 2, 3]"], "aug.crop must be a list of 2 values"),
-        (["schedule.name=linear"], "schedule.name must be one of cosine, step, poly; got 'linear'"),
-        (["amp=fp8"], "amp must be one of none, auto, bf16, fp16"),
+        (["schedule.name=linear"], "schedule.name = 'linear': must be one of cosine, step, poly"),
+        (["amp=fp8"], "amp = 'fp8': must be one of none, auto, bf16, fp16"),
         (["optim=3"], "optim must be a mapping"),
         (["optim.lr"], "must look like section.key=value"),
-        (["log.interval=0"], "log.interval must be at least 1; got 0"),
-        (["aug.hflip=2"], "aug.hflip must be a probability in [0, 1]; got 2.0"),
-        (["aug.reprob=-0.1"], "aug.reprob must be a probability in [0, 1]; got -0.1"),
+        (["log.interval=0"], "log.interval = 0: must be >= 1"),
+        (["aug.hflip=2"], "aug.hflip = 2.0: must be in [0, 1]"),
+        (["aug.reprob=-0.1"], "aug.reprob = -0.1: must be in [0, 1]"),
     ],
 )
 def test_invalid_overrides_raise_clear_errors(overrides, message):
@@ -84,7 +131,9 @@ def test_invalid_overrides_raise_clear_errors(overrides, message):
 
 
 def test_unknown_key_in_a_file_and_base_chain(tmp_path):
-    (tmp_path / "base.yaml").write_text("optim: {lr: 0.5}\nschedule: {epochs: 7}\nmodel: {kwargs: {a: 1, b: 2}}\n")
+    (tmp_path / "base.yaml").write_text(
+        "optim: {lr: 0.5}\nschedule: {epochs: 7, warmup_epochs: 1}\nmodel: {kwargs: {a: 1, b: 2}}\n"
+    )
     (tmp_path / "child.yaml").write_text("base: base.yaml\noptim: {weight_decay: 0.0}\nmodel: {kwargs: {b: 3}}\n")
     config = load_config(tmp_path / "child.yaml")
     assert (config.optim.lr, config.optim.weight_decay, config.schedule.epochs) == (0.5, 0.0, 7)

@@ -27,7 +27,7 @@ def detection_config(tmp_path_factory):
         "aug": {"scales": [64, 80, 96], "max_size": 160, "crop": [48, 64], "crop_resize": [64, 80], "val_size": 80},
         "optim": {"lr": 2e-4, "backbone_lr": 2e-5, "lr_mults": {"sampling_offsets": 0.1, "reference_points": 0.1},
                   "weight_decay": 1e-4, "no_decay_1d": False, "clip_grad": 0.1},
-        "schedule": {"name": "step", "epochs": 1, "lr_drop": [1]},
+        "schedule": {"name": "step", "epochs": 1, "lr_drop": [1], "warmup_epochs": 0},
         "log": {"interval": 1, "progress": False},
         "output_dir": str(run_dir), "device": "cpu", "threads": 1,
     }  # fmt: skip

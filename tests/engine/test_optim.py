@@ -6,7 +6,7 @@ import pytest
 import torch
 from engine_utils import TINY_DAT
 
-from deformvision.engine.config import OptimConfig, ScheduleConfig, load_config
+from deformvision.engine.config import ConfigError, OptimConfig, ScheduleConfig, load_config
 from deformvision.engine.optim import (
     LinearWarmup,
     PolyDecay,
@@ -135,3 +135,25 @@ def test_poly_decay_with_linear_warmup_values():
 def test_step_schedule_warmup_is_off_in_the_official_detr_config():
     config = load_config(recipe_path("deformable_detr_r50_coco"))
     assert config.schedule.warmup_epochs == 0
+
+
+def test_zero_or_negative_rates_are_refused_before_any_division():
+    """lr=0 used to end in a ZeroDivisionError inside the schedule (warmup_lr / lr): now a clear error first."""
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match=r"optim.lr = 0.0: must be > 0"):
+        build_optimizer(model, OptimConfig(lr=0.0))
+    with pytest.raises(ConfigError, match=r"optim.lr_mults = \{'weight': -0.1\}: every value must be >= 0"):
+        build_optimizer(model, OptimConfig(lr_mults={"weight": -0.1}))
+    with pytest.raises(ValueError, match=r"lr_scale must be a finite number > 0, got nan"):
+        build_optimizer(model, OptimConfig(), lr_scale=math.nan)
+    with pytest.raises(ValueError, match=r"lr_mults\['bias'\] must be a finite number >= 0, got -1"):
+        param_groups(model, 1e-3, 0.05, lr_mults={"bias": -1})
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0, got -0.05"):
+        param_groups(model, 1e-3, -0.05)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"base_lr must be a finite number > 0 .* got 0.0"):
+        build_scheduler(optimizer, ScheduleConfig(), steps_per_epoch=10, base_lr=0.0)
+    with pytest.raises(ValueError, match=r"steps_per_epoch must be at least 1, got 0"):
+        build_scheduler(optimizer, ScheduleConfig(), steps_per_epoch=0, base_lr=0.1)
+    with pytest.raises(ConfigError, match=r"schedule.epochs = 0: must be >= 1"):
+        build_scheduler(optimizer, ScheduleConfig(name="poly", epochs=0, warmup_epochs=0), 10, base_lr=0.1)

@@ -1,5 +1,8 @@
 """DAT variants: registry, parameter counts, any input size, backbone contract, checkpoints."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -134,20 +137,50 @@ def test_own_checkpoint_roundtrip_through_create_model(tmp_path):
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
+def _bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``(size_out, size_in)`` weights of PyTorch's bicubic resize (align_corners=False, A=-0.75, edges
+    replicated), written out in float64 from the cubic convolution kernel."""
+    a = -0.75
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731  |x| <= 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731  1 < |x| < 2
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        source = (i + 0.5) * size_in / size_out - 0.5
+        base = min(math.floor(source), size_in - 1)
+        t = min(max(source - base, 0.0), 1.0)
+        for offset, weight in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t)), strict=True):
+            matrix[i, min(max(base + offset, 0), size_in - 1)] += weight
+    return matrix
+
+
+def _resized(table: torch.Tensor, size: int) -> torch.Tensor:
+    """``(heads, n, n)`` -> ``(heads, size, size)`` with :func:`_bicubic_matrix` along both axes."""
+    rows = _bicubic_matrix(table.shape[1], size)
+    cols = _bicubic_matrix(table.shape[2], size)
+    return torch.from_numpy(rows @ table.double().numpy() @ cols.T)
+
+
 def test_checkpoint_of_another_resolution_resizes_position_tables(tmp_path):
     """A 224 checkpoint loads into a model built for 384 (bicubic-resized tables) and runs at 384."""
     torch.manual_seed(0)
     model_224 = small_variant("dat_tiny", num_classes=4)
+    with torch.no_grad():  # tables of distinct values (they start near zero, where any resize looks right)
+        for name, param in model_224.named_parameters():
+            if name.endswith(("rpe_table", "relative_position_bias_table")):
+                param.copy_(torch.randn(param.shape))
     save_ours(model_224, tmp_path / "m224.safetensors")
     model_384 = small_variant("dat_tiny", num_classes=4, img_size=384, window_sizes=(12, 12, 12, 12))
     load_checkpoint(model_384, tmp_path / "m224.safetensors")
     rpe = model_384.stages[3].blocks[1].attn.rpe_table
     assert rpe.shape == (24, 23, 23)  # 2 * 12 - 1, from (24, 13, 13)
+    expected = _resized(model_224.stages[3].blocks[1].attn.rpe_table.detach(), 23)
+    torch.testing.assert_close(rpe.detach().double(), expected, atol=1e-5, rtol=1e-5)
+    # window tables are stored (positions, heads): resized per head as (heads, 13, 13) maps
     bias = model_384.stages[0].blocks[0].attn.relative_position_bias_table
     assert bias.shape == (23 * 23, 3)
-    # the centre of the resized table keeps the zero-displacement bias of the original, roughly
-    centre_224 = model_224.stages[3].blocks[1].attn.rpe_table[:, 6, 6]
-    assert torch.allclose(rpe[:, 11, 11], centre_224, atol=0.02)
+    table_224 = model_224.stages[0].blocks[0].attn.relative_position_bias_table.detach()  # 13 * 13, heads
+    expected = _resized(table_224.T.reshape(3, 13, 13), 23).reshape(3, 23 * 23).T
+    torch.testing.assert_close(bias.detach().double(), expected, atol=1e-5, rtol=1e-5)
     assert model_384.eval()(torch.randn(1, 3, 384, 384)).shape == (1, 4)
 
 
@@ -157,15 +190,27 @@ def test_classifier_built_at_224_runs_at_384():
 
 
 def test_head_of_another_num_classes_is_replaced(tmp_path, caplog):
+    """Everything but the head loads; the head of another size keeps the model's own values (with a warning)."""
     torch.manual_seed(0)
-    save_ours(small_variant("dat_tiny", num_classes=1000), tmp_path / "in1k.safetensors")
+    saved = small_variant("dat_tiny", num_classes=1000)
+    save_ours(saved, tmp_path / "in1k.safetensors")
+    saved_state = saved.state_dict()
+    torch.manual_seed(1)
     model = small_variant("dat_tiny", num_classes=10)
-    head_before = model.head.weight.clone()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
     load_checkpoint(model, tmp_path / "in1k.safetensors")
-    assert torch.equal(model.head.weight, head_before)
-    assert "head.weight" in caplog.text
-    backbone = small_variant("dat_tiny", features_only=True)
-    load_checkpoint(backbone, tmp_path / "in1k.safetensors")  # classifier weights into a backbone
+    for key, value in model.state_dict().items():
+        expected = fresh[key] if key.startswith("head.") else saved_state[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(fresh["stem.proj.weight"], saved_state["stem.proj.weight"])  # the load changed weights
+    assert "head.weight" in caplog.text and "head.bias" in caplog.text
+
+    backbone = small_variant("dat_tiny", features_only=True)  # classifier weights into a backbone
+    fresh = {k: v.clone() for k, v in backbone.state_dict().items()}
+    load_checkpoint(backbone, tmp_path / "in1k.safetensors")
+    for key, value in backbone.state_dict().items():
+        expected = fresh[key] if key.startswith("feature_norms.") else saved_state[key]
+        assert torch.equal(value, expected), key
 
 
 def test_mismatched_and_corrupt_checkpoints_give_clear_errors(tmp_path):

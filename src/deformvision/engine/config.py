@@ -10,10 +10,17 @@ A YAML file mirrors :class:`TrainConfig`: top-level run options and one mapping 
 Overrides are ``"section.key=value"`` strings whose value is parsed as YAML (``optim.lr=1e-3``,
 ``aug.scales=[96,128]``, ``model.kwargs.dims=[32,64,128,256]``, ``resume=null``). Values are converted
 to the field's type (``"1e-3"`` -> ``1e-3``); an unknown key raises :class:`ConfigError` listing the
-valid ones. ``model.kwargs`` is free-form: it is passed to the model factory as is.
+valid ones. ``model.kwargs`` is free-form: it is passed to the model factory as is (the model checks it).
+
+Every other key states its allowed values once, beside its field (a :class:`Rule`: a range, choices or a
+pattern); :func:`validate_config` checks them all, every float is finite, and the relations between keys
+hold (``schedule.min_lr <= optim.lr``, ``schedule.warmup_epochs <= schedule.epochs``, ...). A bad value
+raises ``ConfigError("optim.lr = -1.0: must be > 0")``: the key, the value and what is allowed.
 """
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,13 +37,63 @@ class ConfigError(ValueError):
     """An invalid configuration: unknown key, wrong type or value."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a key allows: a range (``low``/``high``, open or closed), choices or a pattern (for a list or a
+    mapping: every item, every value; ``None``, where the key's type allows it, always passes)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False  # high itself is refused
+    choices: tuple[str, ...] = ()
+    pattern: str = ""  # a regular expression the whole string must match
+    meaning: str = ""  # what the pattern allows, in words
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (``"must be > 0"``), or ``None`` if it is allowed."""
+        if self.choices:
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+        if self.pattern:
+            return None if re.fullmatch(self.pattern, value) else f"must be {self.meaning}"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return self.describe() if too_low or too_high else None
+
+    def describe(self) -> str:
+        """The range in words: ``"must be > 0"``, ``"must be in [0, 1)"``."""
+        if self.low is not None and self.high is not None:
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"must be in {opening}{_number(self.low)}, {_number(self.high)}{closing}"
+        if self.low is not None:
+            return f"must be {'>' if self.low_open else '>='} {_number(self.low)}"
+        return f"must be {'<' if self.high_open else '<='} {_number(self.high)}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_POSITIVE = Rule(low=0, low_open=True)
+_NON_NEGATIVE = Rule(low=0)
+_COUNT = Rule(low=1)  # an int where 0 is meaningless (also sizes in pixels)
+_PROBABILITY = Rule(0, 1)
+_TEXT = Rule(pattern=r"(?s).*\S.*", meaning="a non-empty string")
+_DEVICE = Rule(pattern=r"auto|cpu|mps|cuda(:\d+)?", meaning="auto, cpu, cuda, cuda:N or mps")
+
+
+def _key(default: Any, rule: Rule | tuple[Rule, ...]) -> Any:
+    """A dataclass field with its allowed values: ``rule``, or one rule per item of a fixed-length tuple."""
+    return field(default=default, metadata={"rule": rule})
+
+
 @dataclass
 class ModelConfig:
     """The model: a registered name, keyword arguments for its factory and optional initial weights."""
 
-    name: str = "dat_tiny"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. drop_path_rate, dims, with_box_refine
-    checkpoint: str | None = None  # initial (pretrained) weights, loaded strictly by create_model
+    name: str = _key("dat_tiny", _TEXT)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # free-form (e.g. drop_path_rate, dims): the model checks
+    checkpoint: str | None = _key(None, _TEXT)  # initial (pretrained) weights, loaded strictly by create_model
     grad_checkpointing: bool = False  # recompute blocks in backward (models with set_grad_checkpointing)
 
 
@@ -55,20 +112,22 @@ class DataConfig:
     ``digits`` (the built-in digits sets of each task, written to ``root`` on first use).
     """
 
-    task: str = "classification"  # classification | detection | instance | semantic
-    format: str = "image_folder"  # image_folder | coco | ade20k | segmentation_folder | digits
-    root: str = "data"
-    train_split: str = "train"
-    val_split: str = "val"
-    train_annotations: str = "annotations/instances_train2017.json"  # coco only
-    val_annotations: str = "annotations/instances_val2017.json"  # coco only
+    task: str = _key("classification", Rule(choices=("classification", "detection", "instance", "semantic")))
+    format: str = _key(
+        "image_folder", Rule(choices=("image_folder", "coco", "ade20k", "segmentation_folder", "digits"))
+    )
+    root: str = _key("data", _TEXT)
+    train_split: str = _key("train", _TEXT)
+    val_split: str = _key("val", _TEXT)
+    train_annotations: str = _key("annotations/instances_train2017.json", _TEXT)  # coco only
+    val_annotations: str = _key("annotations/instances_val2017.json", _TEXT)  # coco only
     contiguous_ids: bool = True  # coco: labels 0..K-1 (else labels are category ids, as official COCO: 91)
-    num_classes: int | None = None  # default: the dataset's (classes, or categories)
+    num_classes: int | None = _key(None, _COUNT)  # default: the dataset's (classes, or categories)
     reduce_zero_label: bool = False  # segmentation_folder: label 0 is "unlabelled" (ignored), the rest shift down
-    img_size: int = 224  # classification input side (digits: also the rendered size)
-    batch_size: int = 128  # per process
-    eval_batch_size: int | None = None  # per process; default batch_size
-    num_workers: int = 4
+    img_size: int = _key(224, Rule(low=32))  # classification input side (digits: also the rendered size)
+    batch_size: int = _key(128, _COUNT)  # per process
+    eval_batch_size: int | None = _key(None, _COUNT)  # per process; default batch_size
+    num_workers: int = _key(4, _NON_NEGATIVE)
     pin_memory: bool = True
 
 
@@ -76,62 +135,62 @@ class DataConfig:
 class AugConfig:
     """Augmentations: the classification recipe (DAT/Swin) and the detection recipe (Deformable DETR)."""
 
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5  # horizontal-flip probability (classification and detection; 0: off)
-    rand_augment: tuple[int, float] | None = (2, 9)  # (num_ops, magnitude); null: off
-    reprob: float = 0.25  # random erasing
-    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, centre crop img_size
-    mixup: float = 0.8  # Beta alpha (0: off)
-    cutmix: float = 1.0  # Beta alpha (0: off)
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    scales: tuple[int, ...] = COCO_SCALES  # detection: shorter sides of the multi-scale resize
-    max_size: int = 1333
-    crop: tuple[int, int] | None = (384, 600)  # detection: RandomSizeCrop (min, max); null: no crop branch
-    crop_resize: tuple[int, ...] = (400, 500, 600)
-    val_size: int = 800
+    scale: tuple[float, float] = _key((0.08, 1.0), Rule(0, 1, low_open=True))  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] = _key((3 / 4, 4 / 3), _POSITIVE)
+    hflip: float = _key(0.5, _PROBABILITY)  # horizontal-flip probability (classification and detection; 0: off)
+    rand_augment: tuple[int, float] | None = _key((2, 9), (_COUNT, Rule(0, 10)))  # (num_ops, magnitude); null: off
+    reprob: float = _key(0.25, _PROBABILITY)  # random erasing
+    crop_pct: float = _key(0.875, Rule(0, 1, low_open=True))  # eval: resize to img_size / crop_pct, crop img_size
+    mixup: float = _key(0.8, _NON_NEGATIVE)  # Beta alpha (0: off)
+    cutmix: float = _key(1.0, _NON_NEGATIVE)  # Beta alpha (0: off)
+    mixup_prob: float = _key(1.0, _PROBABILITY)
+    mixup_switch_prob: float = _key(0.5, _PROBABILITY)
+    scales: tuple[int, ...] = _key(COCO_SCALES, _COUNT)  # detection: shorter sides of the multi-scale resize
+    max_size: int = _key(1333, _COUNT)
+    crop: tuple[int, int] | None = _key((384, 600), _COUNT)  # detection: RandomSizeCrop (min, max); null: none
+    crop_resize: tuple[int, ...] = _key((400, 500, 600), _COUNT)
+    val_size: int = _key(800, _COUNT)
     # semantic segmentation (mmseg's ADE20K recipe)
-    seg_scale: tuple[int, int] = (2048, 512)  # images are resized to fit this (long, short) scale ...
-    seg_ratio_range: tuple[float, float] = (0.5, 2.0)  # ... times a random ratio in training
-    seg_crop: tuple[int, int] = (512, 512)  # training crop (h, w); also the sliding-window size
-    cat_max_ratio: float = 0.75  # a training crop is redrawn while one class covers more than this
+    seg_scale: tuple[int, int] = _key((2048, 512), _COUNT)  # images are resized to fit this (long, short) scale ...
+    seg_ratio_range: tuple[float, float] = _key((0.5, 2.0), _POSITIVE)  # ... times a random ratio in training
+    seg_crop: tuple[int, int] = _key((512, 512), _COUNT)  # training crop (h, w); also the sliding-window size
+    cat_max_ratio: float = _key(0.75, Rule(0, 1, low_open=True))  # a crop is redrawn while a class covers more
     photometric: bool = True  # brightness / contrast / saturation / hue distortion in training
-    seg_inference: str = "whole"  # evaluation: whole | slide (windows of seg_crop every slide_stride)
-    slide_stride: tuple[int, int] = (341, 341)
+    seg_inference: str = _key("whole", Rule(choices=("whole", "slide")))  # whole | slide (seg_crop windows)
+    slide_stride: tuple[int, int] = _key((341, 341), _COUNT)  # slide: at most seg_crop (windows cover the image)
 
 
 @dataclass
 class LossConfig:
     """Classification: label smoothing. Detection: Hungarian matching costs and loss weights."""
 
-    label_smoothing: float = 0.1
-    cls_loss_coef: float = 2.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25
-    num_select: int = 100  # detections kept per image for evaluation
+    label_smoothing: float = _key(0.1, Rule(0, 1, high_open=True))
+    cls_loss_coef: float = _key(2.0, _NON_NEGATIVE)
+    bbox_loss_coef: float = _key(5.0, _NON_NEGATIVE)
+    giou_loss_coef: float = _key(2.0, _NON_NEGATIVE)
+    set_cost_class: float = _key(2.0, _NON_NEGATIVE)
+    set_cost_bbox: float = _key(5.0, _NON_NEGATIVE)
+    set_cost_giou: float = _key(2.0, _NON_NEGATIVE)
+    focal_alpha: float = _key(0.25, _PROBABILITY)
+    num_select: int = _key(100, _COUNT)  # detections kept per image for evaluation
 
 
 @dataclass
 class OptimConfig:
     """AdamW with per-group learning rates and weight decay (see :func:`~deformvision.engine.optim.param_groups`)."""
 
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    lr_ref_batch: int | None = None  # scale lr, warmup_lr and min_lr by global batch / lr_ref_batch
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    backbone_lr: float | None = None  # learning rate of parameters under `backbone.` (default: lr)
-    lr_mults: dict[str, float] = field(default_factory=dict)  # name keyword -> lr multiplier
+    name: str = _key("adamw", Rule(choices=("adamw", "sgd")))
+    lr: float = _key(1e-3, _POSITIVE)
+    lr_ref_batch: int | None = _key(None, _COUNT)  # scale lr, warmup_lr and min_lr by global batch / lr_ref_batch
+    weight_decay: float = _key(0.05, _NON_NEGATIVE)
+    betas: tuple[float, float] = _key((0.9, 0.999), Rule(0, 1, high_open=True))
+    eps: float = _key(1e-8, _POSITIVE)
+    momentum: float = _key(0.9, Rule(0, 1, high_open=True))  # sgd only
+    backbone_lr: float | None = _key(None, _NON_NEGATIVE)  # learning rate of parameters under `backbone.` (default: lr)
+    lr_mults: dict[str, float] = field(default_factory=dict, metadata={"rule": _NON_NEGATIVE})  # name part -> lr factor
     no_decay_1d: bool = True  # no weight decay on 1-d parameters (norm weights, biases)
-    no_decay_keywords: tuple[str, ...] = ()  # nor on parameters whose name contains one of these
-    clip_grad: float = 0.0  # max gradient norm (0: no clipping)
+    no_decay_keywords: tuple[str, ...] = _key((), _TEXT)  # nor on parameters whose name contains one of these
+    clip_grad: float = _key(0.0, _NON_NEGATIVE)  # max gradient norm (0: no clipping)
 
 
 @dataclass
@@ -144,17 +203,17 @@ class ScheduleConfig:
     schedules). ``poly``: ``min_lr + (lr - min_lr) (1 - t / T) ** power`` (mmseg's). ``step`` and ``poly``
     are ramped in linearly over ``warmup_epochs`` from ``warmup_lr / lr`` times their value (mmcv's
     linear warmup; set ``warmup_epochs: 0`` for none). ``warmup_lr`` and ``min_lr`` are relative to
-    ``optim.lr`` (other groups and batch scaling follow proportionally).
+    ``optim.lr`` (other groups and batch scaling follow proportionally); both are at most ``optim.lr``.
     """
 
-    name: str = "cosine"  # cosine | step | poly
-    epochs: int = 300
-    warmup_epochs: float = 20.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    lr_drop: tuple[int, ...] = (40,)
-    gamma: float = 0.1
-    power: float = 0.9  # poly
+    name: str = _key("cosine", Rule(choices=("cosine", "step", "poly")))
+    epochs: int = _key(300, _COUNT)
+    warmup_epochs: float = _key(20.0, _NON_NEGATIVE)  # at most epochs
+    warmup_lr: float = _key(1e-6, _NON_NEGATIVE)
+    min_lr: float = _key(1e-5, _NON_NEGATIVE)
+    lr_drop: tuple[int, ...] = _key((40,), _COUNT)
+    gamma: float = _key(0.1, Rule(0, 1, low_open=True))
+    power: float = _key(0.9, _POSITIVE)  # poly
 
 
 @dataclass
@@ -162,22 +221,22 @@ class EmaConfig:
     """Exponential moving average of the weights, evaluated next to the model."""
 
     enabled: bool = False
-    decay: float = 0.9998
+    decay: float = _key(0.9998, Rule(0, 1, high_open=True))
 
 
 @dataclass
 class CheckpointConfig:
     """Checkpoints in ``output_dir/checkpoints``: at every epoch end and every ``every_steps`` steps."""
 
-    every_steps: int = 0  # 0: only at epoch ends
-    keep: int = 2  # checkpoints kept (the newest)
+    every_steps: int = _key(0, _NON_NEGATIVE)  # 0: only at epoch ends
+    keep: int = _key(2, _COUNT)  # checkpoints kept (the newest)
 
 
 @dataclass
 class LogConfig:
     """JSON lines in ``output_dir/log.jsonl`` every ``interval`` steps and every epoch."""
 
-    interval: int = 50
+    interval: int = _key(50, _COUNT)
     progress: bool = True  # tqdm bar (only on a TTY, main process)
 
 
@@ -194,29 +253,24 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    output_dir: str = "runs/default"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    output_dir: str = _key("runs/default", _TEXT)
+    seed: int = _key(0, Rule(0, 2**32, high_open=True))  # numpy's seeds are 32-bit
+    device: str = _key("auto", _DEVICE)  # under torchrun cuda is the local rank's GPU; checked when resolved
     deterministic: bool = False
-    threads: int | None = None  # CPU threads per process for intra-op parallelism (default: torch's choice)
-    amp: str = "none"  # none | auto (bf16 on CUDA, none on CPU) | bf16 | fp16 (CUDA only, with a gradient scaler)
-    eval_every: int = 1  # epochs (the last epoch is always evaluated)
-    resume: str | None = None  # a run directory, its last_checkpoint.json, or "auto" (output_dir if any)
+    threads: int | None = _key(None, _COUNT)  # CPU threads per process for intra-op parallelism (default: torch's)
+    amp: str = _key("none", Rule(choices=("none", "auto", "bf16", "fp16")))  # auto: bf16 on CUDA; fp16: CUDA only
+    eval_every: int = _key(1, _COUNT)  # epochs (the last epoch is always evaluated)
+    resume: str | None = _key(None, _TEXT)  # a run directory, its last_checkpoint.json, or "auto" (output_dir if any)
     overwrite: bool = False  # replace an earlier run in output_dir (without it, and without resume, refused)
 
 
-_CHOICES = {
-    ("data", "task"): ("classification", "detection", "instance", "semantic"),
-    ("data", "format"): ("image_folder", "coco", "ade20k", "segmentation_folder", "digits"),
-    ("aug", "seg_inference"): ("whole", "slide"),
-    ("optim", "name"): ("adamw", "sgd"),
-    ("schedule", "name"): ("cosine", "step", "poly"),
-    ("amp",): ("none", "auto", "bf16", "fp16"),
+# The data formats each task reads.
+_FORMATS = {
+    "classification": ("image_folder", "digits"),
+    "detection": ("coco", "digits"),
+    "instance": ("coco", "digits"),
+    "semantic": ("ade20k", "segmentation_folder", "digits"),
 }
-_POSITIVE = (("data", "batch_size"), ("schedule", "epochs"), ("log", "interval"), ("checkpoint", "keep"),
-             ("eval_every",))  # fmt: skip
-_PROBABILITIES = (("aug", "hflip"), ("aug", "reprob"), ("aug", "mixup_prob"), ("aug", "mixup_switch_prob"),
-                  ("aug", "cat_max_ratio"))  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
@@ -243,22 +297,70 @@ def parse_override(text: str) -> tuple[str, Any]:
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a nested dict (missing keys keep their defaults)."""
     config = _build(TrainConfig, raw, ())
-    for path, choices in _CHOICES.items():
-        if _get(config, path) not in choices:
-            raise ConfigError(f"{'.'.join(path)} must be one of {', '.join(choices)}; got {_get(config, path)!r}")
-    for path in _POSITIVE:
-        if _get(config, path) < 1:
-            raise ConfigError(f"{'.'.join(path)} must be at least 1; got {_get(config, path)}")
-    for path in _PROBABILITIES:
-        if not 0.0 <= _get(config, path) <= 1.0:
-            raise ConfigError(f"{'.'.join(path)} must be a probability in [0, 1]; got {_get(config, path)}")
+    validate_config(config)
     return config
 
 
-def _get(config: TrainConfig, path: tuple[str, ...]) -> Any:
-    for name in path:
-        config = getattr(config, name)
-    return config
+def validate_config(config: TrainConfig) -> None:
+    """Check every key against the :class:`Rule` beside its field, and the relations between keys.
+
+    Raises:
+        ConfigError: the first bad value, as ``"optim.lr = -1.0: must be > 0"`` (key, value, what is allowed).
+    """
+    validate_section(config)
+    _check_relations(config)
+
+
+def validate_section(section: Any, path: tuple[str, ...] = ()) -> None:
+    """Check one config dataclass (and the sections in it) against its fields' rules; ``path`` prefixes keys."""
+    for spec in dataclasses.fields(section):
+        value, key = getattr(section, spec.name), (*path, spec.name)
+        if dataclasses.is_dataclass(value):
+            validate_section(value, key)
+            continue
+        rule = spec.metadata.get("rule")
+        if rule is None or value is None:  # bools (their type is all there is) and model.kwargs (the model checks)
+            continue
+        many = isinstance(value, dict | tuple)
+        items = tuple(value.values()) if isinstance(value, dict) else value if many else (value,)
+        rules = rule if isinstance(rule, tuple) else (rule,) * len(items)
+        for index, (item, item_rule) in enumerate(zip(items, rules, strict=True)):
+            finite = not isinstance(item, float) or math.isfinite(item)
+            problem = item_rule.problem(item) if finite else "must be a finite number"
+            if problem is not None:
+                which = f"item {index + 1} " if isinstance(rule, tuple) else "every value " if many else ""
+                _fail(".".join(key), value, which + problem)
+
+
+def _check_relations(config: TrainConfig) -> None:
+    """The rules between keys (each names the key it refuses and the other key it compares with)."""
+    data, aug, optim, schedule = config.data, config.aug, config.optim, config.schedule
+    if data.format not in _FORMATS[data.task]:
+        _fail("data.format", data.format, f"must be one of {', '.join(_FORMATS[data.task])} for data.task {data.task}")
+    if schedule.warmup_epochs > schedule.epochs:
+        _fail("schedule.warmup_epochs", schedule.warmup_epochs, f"must be <= schedule.epochs ({schedule.epochs})")
+    if schedule.warmup_epochs > 0 and schedule.warmup_lr > optim.lr:
+        _fail("schedule.warmup_lr", schedule.warmup_lr, f"must be <= optim.lr ({optim.lr:g}) to warm up to it")
+    if schedule.name != "step" and schedule.min_lr > optim.lr:
+        _fail("schedule.min_lr", schedule.min_lr, f"must be <= optim.lr ({optim.lr:g})")
+    ranges = {
+        "aug.scale": aug.scale,
+        "aug.ratio": aug.ratio,
+        "aug.crop": aug.crop,
+        "aug.seg_ratio_range": aug.seg_ratio_range,
+    }
+    for key, pair in ranges.items():
+        if pair is not None and pair[0] > pair[1]:
+            _fail(key, pair, "must be (min, max) with min <= max")
+    for key, sizes in (("aug.scales", aug.scales), ("aug.crop_resize", aug.crop_resize)):
+        if not sizes:
+            _fail(key, sizes, "must hold at least one size")
+    if aug.seg_inference == "slide" and any(s > c for s, c in zip(aug.slide_stride, aug.seg_crop, strict=True)):
+        _fail("aug.slide_stride", aug.slide_stride, f"must be <= aug.seg_crop {list(aug.seg_crop)} (windows overlap)")
+
+
+def _fail(key: str, value: Any, problem: str) -> typing.NoReturn:
+    raise ConfigError(f"{key} = {_plain(value)!r}: {problem}")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Without them the run is a single process and every helper here is a no-op.
 """
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,15 +31,34 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> the local rank's GPU if CUDA is available, else the CPU; ``"cuda"`` -> the local rank's GPU."""
+    """``"auto"`` -> the local rank's GPU if CUDA is available, else the CPU; ``"cuda"`` -> the local rank's GPU.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        local_rank: this process's index on its machine (torchrun's ``LOCAL_RANK``).
+
+    Raises:
+        ValueError: ``name`` is none of these.
+        RuntimeError: the device does not exist on this machine (no CUDA, fewer GPUs, no MPS).
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} requested but MPS is not available on this machine")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise RuntimeError(
+                f"device {name!r} (local rank {local_rank}) resolves to {device} but this machine has {count} "
+                f"CUDA device(s): cuda:0 to cuda:{count - 1}"
+            )
         torch.cuda.set_device(device)
     return device
 

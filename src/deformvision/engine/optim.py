@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from deformvision.engine.config import OptimConfig, ScheduleConfig
+from deformvision.engine.config import OptimConfig, ScheduleConfig, validate_section
 
 
 def param_groups(
@@ -46,8 +46,16 @@ def param_groups(
         first appearance, each a dict with ``params``, ``param_names`` (kept by torch in the optimizer's
         state dict), ``role``, ``lr`` and ``weight_decay``. Roles stay apart even when their rates are equal
         (the official Deformable DETR backbone and offset rates are both 2e-5).
+
+    Raises:
+        ValueError: ``lr``, ``backbone_lr``, ``weight_decay`` or an ``lr_mults`` value is negative or not finite.
     """
     lr_mults = lr_mults or {}
+    rates = {"lr": lr, "weight_decay": weight_decay, "backbone_lr": backbone_lr}
+    rates.update({f"lr_mults[{key!r}]": mult for key, mult in lr_mults.items()})
+    for name, value in rates.items():
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -68,7 +76,15 @@ def param_groups(
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """AdamW (or SGD with Nesterov momentum) over :func:`param_groups`, learning rates times ``lr_scale``."""
+    """AdamW (or SGD with Nesterov momentum) over :func:`param_groups`, learning rates times ``lr_scale``.
+
+    Raises:
+        ConfigError: a value of ``config`` is out of its range (``optim.lr = 0.0: must be > 0``).
+        ValueError: ``lr_scale`` is not a finite number > 0, or the model has no trainable parameters.
+    """
+    validate_section(config, ("optim",))
+    if not (math.isfinite(lr_scale) and lr_scale > 0):
+        raise ValueError(f"lr_scale must be a finite number > 0, got {lr_scale}")
     backbone_lr = config.backbone_lr * lr_scale if config.backbone_lr is not None else None
     groups = param_groups(
         model, config.lr * lr_scale, config.weight_decay, backbone_lr=backbone_lr, lr_mults=config.lr_mults,
@@ -156,7 +172,16 @@ def build_scheduler(
     ``warmup_lr`` and ``min_lr`` become factors of ``base_lr`` (the configured main learning rate, at the
     same batch size) applied to every group: groups with other learning rates, and learning rates scaled
     with the batch size, follow the same curve proportionally.
+
+    Raises:
+        ConfigError: a value of ``config`` is out of its range (``schedule.epochs = 0: must be >= 1``).
+        ValueError: ``base_lr`` is not a finite number > 0 (the factors divide by it), or ``steps_per_epoch`` < 1.
     """
+    validate_section(config, ("schedule",))
+    if not (math.isfinite(base_lr) and base_lr > 0):
+        raise ValueError(f"base_lr must be a finite number > 0 (warmup_lr and min_lr are its fractions), got {base_lr}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch} (is the training set empty?)")
     warmup_steps, warmup_factor = round(config.warmup_epochs * steps_per_epoch), config.warmup_lr / base_lr
     if config.name == "cosine":
         schedule = WarmupCosine(

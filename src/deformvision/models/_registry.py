@@ -14,8 +14,10 @@ loads the weights when ``pretrained=True``.
 
 import dataclasses
 import fnmatch
+import inspect
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any
 
@@ -98,6 +100,7 @@ def build_model(
     else:
         cfg = get_pretrained_cfg(f"{variant}.{pretrained_cfg}" if pretrained_cfg else variant)
     cfg = dataclasses.replace(cfg, architecture=variant, **(pretrained_cfg_overlay or {}))
+    check_known_kwargs(variant, model_cls, kwargs)
     model = model_cls(**kwargs)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
     if pretrained:
@@ -137,9 +140,62 @@ def create_model(
         if kwargs.get("pretrained_cfg") is not None:
             raise ValueError(f"give the weights tag either in the name ({name!r}) or as pretrained_cfg, not both")
         kwargs["pretrained_cfg"] = tag
+    check_bool("pretrained", pretrained)
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     model = _MODEL_FACTORIES[base](pretrained=pretrained, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks of the model constructors and factories: each error names the argument, the value
+# and what is allowed (TypeError for a wrong type, ValueError for a value out of range).
+
+
+def check_known_kwargs(variant: str, model_cls: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments that ``model_cls`` does not take, listing those it takes.
+
+    A ``model_cls`` with ``**kwargs`` of its own checks them itself (nothing is checked here).
+    """
+    params = inspect.signature(model_cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{variant} got {unknown_arguments(unknown)}; valid: {', '.join(params)}")
+
+
+def unknown_arguments(names: Sequence[str]) -> str:
+    """``"an unexpected keyword argument 'x'"`` (Python's own words) or ``"unexpected keyword arguments 'x', 'y'"``."""
+    quoted = ", ".join(map(repr, names))
+    return f"an unexpected keyword argument {quoted}" if len(names) == 1 else f"unexpected keyword arguments {quoted}"
+
+
+def check_int(name: str, value: Any, low: int = 1) -> None:
+    """``value`` must be an int (not a bool) of at least ``low``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value}")
+
+
+def check_ints(name: str, values: Sequence[Any], low: int = 1) -> None:
+    """Every item of ``values`` must be an int of at least ``low`` (``name[i]`` named in the error)."""
+    for i, value in enumerate(values):
+        check_int(f"{name}[{i}]", value, low)
+
+
+def check_rate(name: str, value: Any) -> None:
+    """``value`` must be a dropout or drop-path probability: a finite number in [0, 1)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """``value`` must be True or False (not 0/1, not a string such as ``"false"``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")

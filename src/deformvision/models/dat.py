@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
 from deformvision.models._dat_official import is_official_dat, rename_official_dat, resize_table
-from deformvision.models._registry import build_model, register_model
+from deformvision.models._registry import build_model, check_bool, check_int, check_ints, check_rate, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,15 @@ class DAT(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
         super().__init__()
+        for name, value in dict(patch_size=patch_size, in_chans=in_chans, mlp_ratio=mlp_ratio).items():
+            check_int(name, value)
+        check_int("num_classes", num_classes, low=0)  # 0: no head (timm's convention)
+        rates = {"drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate, "drop_path_rate": drop_path_rate}
+        for name, rate in rates.items():
+            check_rate(name, rate)
+        check_bool("features_only", features_only)
+        img_h, img_w = sides = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        check_ints("img_size", sides, low=8 * patch_size)  # the last stage's map (stride 8 * patch_size): >= 1 pixel
         per_stage = dict(
             dims=dims, depths=depths, heads=heads, groups=groups, window_sizes=window_sizes,
             stage_spec=stage_spec, strides=strides, offset_range_factor=offset_range_factor,
@@ -178,10 +187,17 @@ class DAT(nn.Module):
         for i, (depth, spec) in enumerate(zip(depths, stage_spec, strict=True)):
             if len(spec) != depth or any(kind not in "LSD" for kind in spec):
                 raise ValueError(f"stage_spec[{i}] must be {depth} of 'L', 'S', 'D', got {list(spec)}")
+            check_int(f"dims[{i}]", dims[i])
+            check_int(f"heads[{i}]", heads[i])
+            if dims[i] % heads[i]:
+                raise ValueError(f"heads[{i}] ({heads[i]}) must divide dims[{i}] ({dims[i]})")
+            if "D" in spec and (groups[i] < 1 or heads[i] % groups[i]):
+                raise ValueError(f"groups[{i}] must be >= 1 and divide heads[{i}] ({heads[i]}), got {groups[i]}")
+            if {"L", "S"} & set(spec):
+                check_int(f"window_sizes[{i}]", window_sizes[i])
         if features_only and (not out_indices or any(i not in range(4) for i in out_indices)):
             raise ValueError(f"out_indices must be stage indices in 0..3, got {list(out_indices)}")
 
-        img_h, img_w = (img_size, img_size) if isinstance(img_size, int) else img_size
         self.img_size = (img_h, img_w)
         self.num_classes = num_classes
         self.num_features = dims[-1]
@@ -350,6 +366,7 @@ class DAT(nn.Module):
         """
         if global_pool not in (None, "avg"):
             raise ValueError(f"DAT pools by averaging: global_pool must be None or 'avg', got {global_pool!r}")
+        check_int("num_classes", num_classes, low=0)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)

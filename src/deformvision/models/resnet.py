@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from deformvision.models._registry import build_model, register_model
+from deformvision.models._registry import build_model, check_bool, check_int, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class ResNet(nn.Module):
         super().__init__()
         if arch not in _BUILDERS:
             raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
+        check_int("in_chans", in_chans)
+        check_int("num_classes", num_classes, low=0)  # 0: no head (timm's convention)
+        check_bool("dilation", dilation)
+        check_bool("features_only", features_only)
         distinct_stages = len(set(out_indices)) == len(out_indices) > 0 and all(i in range(4) for i in out_indices)
         if features_only and not distinct_stages:
             raise ValueError(f"out_indices must be distinct stage indices in 0..3, got {list(out_indices)}")
@@ -266,6 +270,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a new one for ``num_classes`` classes (0: no head)."""
+        check_int("num_classes", num_classes, low=0)
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
         self.num_classes = num_classes

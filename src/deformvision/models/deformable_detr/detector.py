@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
+from deformvision.models._registry import check_bool, check_int, check_rate
 from deformvision.models.deformable_detr._hf_names import huggingface_to_official, is_huggingface_state_dict
 from deformvision.models.deformable_detr.transformer import DeformableTransformer, TransformerOutput
 
@@ -122,6 +123,23 @@ class DeformableDETR(nn.Module):
         dec_n_points: int = 4,
     ) -> None:
         super().__init__()
+        sizes = {
+            "num_classes": num_classes,
+            "num_queries": num_queries,
+            "num_feature_levels": num_feature_levels,
+            "d_model": d_model,
+            "nheads": nheads,
+            "enc_layers": enc_layers,
+            "dec_layers": dec_layers,
+            "dim_feedforward": dim_feedforward,
+            "enc_n_points": enc_n_points,
+            "dec_n_points": dec_n_points,
+        }
+        for name, value in sizes.items():
+            check_int(name, value)
+        for name, flag in {"with_box_refine": with_box_refine, "two_stage": two_stage, "aux_loss": aux_loss}.items():
+            check_bool(name, flag)
+        check_rate("dropout", dropout)
         if two_stage and not with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the official two-stage model refines boxes)")
         channels = backbone.feature_info.channels()  # of the returned maps (len(feature_info) counts all stages)
@@ -132,6 +150,8 @@ class DeformableDETR(nn.Module):
             )
         if d_model % 32:
             raise ValueError(f"d_model must be divisible by 32 (GroupNorm(32) in the input projections), got {d_model}")
+        if d_model % nheads:
+            raise ValueError(f"nheads ({nheads}) must divide d_model ({d_model})")
         self.backbone = backbone
         self.num_classes = num_classes
         self.num_queries = num_queries

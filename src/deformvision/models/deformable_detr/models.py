@@ -20,6 +20,7 @@ The ResNet-50 backbones use frozen BatchNorm and freeze the stem and ``layer1`` 
 parameter counts include the frozen ones (222,400 of them).
 """
 
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -65,11 +66,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _r50(variant: str, pretrained: bool, out_indices: tuple[int, ...], dilation: bool, **kwargs) -> DeformableDETR:
-    def build(**detr_kwargs: Any) -> DeformableDETR:
-        backbone = resnet50(features_only=True, out_indices=out_indices, dilation=dilation)
-        return DeformableDETR(backbone, **detr_kwargs)
-
-    return build_model(build, variant, pretrained, **kwargs)
+    backbone = resnet50(features_only=True, out_indices=out_indices, dilation=dilation)
+    return build_model(partial(DeformableDETR, backbone), variant, pretrained, **kwargs)
 
 
 @register_model
@@ -109,10 +107,7 @@ def deformable_detr_r50_two_stage(pretrained: bool = False, num_classes: int = 9
 @register_model
 def deformable_detr_dat_tiny(pretrained: bool = False, num_classes: int = 91, **kwargs) -> DeformableDETR:
     """Multi-scale Deformable DETR on a DAT-T backbone (stages 1-3: 192/384/768 channels, strides 8/16/32)."""
-
-    def build(**detr_kwargs: Any) -> DeformableDETR:
-        return DeformableDETR(dat_tiny(features_only=True, out_indices=(1, 2, 3)), **detr_kwargs)
-
+    build = partial(DeformableDETR, dat_tiny(features_only=True, out_indices=(1, 2, 3)))
     return build_model(build, "deformable_detr_dat_tiny", pretrained, num_classes=num_classes, **kwargs)
 
 
@@ -138,10 +133,6 @@ def deformable_detr_dat_digits(
     ``backbone_kwargs`` update :data:`DIGITS_BACKBONE` (the ``dat_tiny`` arguments), ``kwargs``
     :data:`DIGITS_DETR` (the :class:`DeformableDETR` arguments).
     """
-
-    def build(**detr_kwargs: Any) -> DeformableDETR:
-        backbone = dat_tiny(features_only=True, **{**DIGITS_BACKBONE, **(backbone_kwargs or {})})
-        return DeformableDETR(backbone, **detr_kwargs)
-
-    return build_model(build, "deformable_detr_dat_digits", pretrained, num_classes=num_classes,
-                       **{**DIGITS_DETR, **kwargs})  # fmt: skip
+    build = partial(DeformableDETR, dat_tiny(features_only=True, **{**DIGITS_BACKBONE, **(backbone_kwargs or {})}))
+    kwargs = {**DIGITS_DETR, **kwargs}
+    return build_model(build, "deformable_detr_dat_digits", pretrained, num_classes=num_classes, **kwargs)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision.layers.ms_deform_attn import MSDeformAttn
+from deformvision.models._registry import check_int, check_rate
 
 Shapes = list[tuple[int, int]]
 
@@ -333,6 +334,20 @@ class DeformableTransformer(nn.Module):
         num_proposals: int = 300,
     ) -> None:
         super().__init__()
+        sizes = {
+            "d_model": d_model,
+            "n_heads": n_heads,
+            "num_encoder_layers": num_encoder_layers,
+            "num_decoder_layers": num_decoder_layers,
+            "dim_feedforward": dim_feedforward,
+            "num_feature_levels": num_feature_levels,
+            "enc_n_points": enc_n_points,
+            "dec_n_points": dec_n_points,
+            "num_proposals": num_proposals,
+        }
+        for name, value in sizes.items():
+            check_int(name, value)
+        check_rate("dropout", dropout)
         self.d_model = d_model
         self.two_stage = two_stage
         self.num_proposals = num_proposals

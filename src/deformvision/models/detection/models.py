@@ -28,6 +28,7 @@ paper's detection values are not published (DAT++'s configs use 0.0-0.8 by sched
 torch.compile: see the note in :mod:`deformvision.models.detection`.
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -37,17 +38,30 @@ from timm.models import generate_default_cfgs
 from torch import nn
 from torchvision.models.detection import MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from deformvision.models._registry import build_model, register_model
+from deformvision.models._registry import build_model, check_int, register_model, unknown_arguments
 from deformvision.models.detection.backbone import DATFPN, FPN_CHANNELS, dat_fpn
 from deformvision.models.detection.cascade import CascadeMaskRCNN
 
 DROP_PATH_RATES: dict[str, float] = {"tiny": 0.2, "small": 0.3, "base": 0.5}
 _MEAN, _STD = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
 _ROI_LEVELS = ["0", "1", "2", "3"]  # P2-P5; P6 ("pool") feeds the RPN only
+
+
+# What torchvision's detectors pass on through their **kwargs: the image transform's arguments (it drops others).
+_TRANSFORM_KWARGS = ("size_divisible", "fixed_size")
+
+
+def _check_torchvision_kwargs(detector: str, bases: tuple[type, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments that none of torchvision's ``bases`` (nor its image transform) takes."""
+    valid = {name for base in bases for name in inspect.signature(base.__init__).parameters} - {"self", "kwargs"}
+    unknown = sorted(set(kwargs) - valid - set(_TRANSFORM_KWARGS))
+    if unknown:
+        valid_names = ", ".join(sorted(valid | set(_TRANSFORM_KWARGS)))
+        raise TypeError(f"{detector} got {unknown_arguments(unknown)}; valid: {valid_names}")
 
 
 class ZeroBasedLabels:
@@ -117,6 +131,8 @@ class DATRetinaNet(ZeroBasedLabels, RetinaNet):
         self, backbone: DATFPN, num_classes: int = 80, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
         **kwargs: Any,
     ) -> None:  # fmt: skip
+        check_int("num_classes", num_classes)
+        _check_torchvision_kwargs("DATRetinaNet", (RetinaNet,), kwargs)
         # per level (stride s): sizes 4 s 2^(i/3), i = 0, 1, 2; ratios h/w 0.5, 1, 2 -> 9 anchors per location
         sizes = tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in (8, 16, 32, 64, 128))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
@@ -144,6 +160,8 @@ class DATMaskRCNN(ZeroBasedLabels, MaskRCNN):
         anchor_sizes: tuple[int, ...] | None = None, representation_size: int | None = None,
         mask_channels: int | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
+        check_int("num_classes", num_classes)
+        _check_torchvision_kwargs("DATMaskRCNN", (MaskRCNN, FasterRCNN), kwargs)
         kwargs = {
             "rpn_post_nms_top_n_train": 1000,
             "box_roi_pool": MultiScaleRoIAlign(_ROI_LEVELS, output_size=7, sampling_ratio=0),
@@ -173,6 +191,7 @@ class DATCascadeMaskRCNN(ZeroBasedLabels, CascadeMaskRCNN):
     """:class:`CascadeMaskRCNN` with ``num_classes`` object classes (labels ``0..num_classes - 1``)."""
 
     def __init__(self, backbone: DATFPN, num_classes: int = 80, **kwargs: Any) -> None:
+        check_int("num_classes", num_classes)
         super().__init__(backbone, num_classes + 1, **kwargs)
         self.num_classes = num_classes
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deformvision.models._registry import check_int, check_rate
+
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize of ``(B, C, h, w)`` to ``(B, C, *size)`` (``align_corners=False``); no-op at that size."""
@@ -52,8 +54,8 @@ class _DecodeHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, dropout: float) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        check_int("num_classes", num_classes)
+        check_rate("dropout", dropout)
         self.num_classes = num_classes
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -198,8 +200,7 @@ class FCNHead(_DecodeHead):
         self, in_channels: int, channels: int = 256, num_convs: int = 1, num_classes: int = 150, dropout: float = 0.1
     ) -> None:
         super().__init__(channels, num_classes, dropout)
-        if num_convs < 1:
-            raise ValueError(f"num_convs must be at least 1, got {num_convs}")
+        check_int("num_convs", num_convs)
         self.convs = nn.Sequential(
             *(ConvBNReLU(in_channels if k == 0 else channels, channels, 3) for k in range(num_convs))
         )

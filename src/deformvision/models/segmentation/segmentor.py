@@ -22,6 +22,7 @@ graph (``fullgraph=True`` works; the target value check is skipped while tracing
 after a long compilation on a CPU (2-3 minutes on 2 busy cores).
 """
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
+
+from deformvision.models._registry import check_bool
 
 
 class FPNNeck(FeaturePyramidNetwork):
@@ -93,8 +96,12 @@ class EncoderDecoder(nn.Module):
         self.num_classes: int = decode_head.num_classes
         if 0 <= ignore_index < self.num_classes:
             raise ValueError(f"ignore_index must not be a class index in [0, {self.num_classes}), got {ignore_index}")
-        if class_weight is not None and (len(class_weight) != self.num_classes or min(class_weight) < 0):
+        weights_ok = class_weight is None or all(math.isfinite(w) and w >= 0 for w in class_weight)
+        if not weights_ok or (class_weight is not None and len(class_weight) != self.num_classes):
             raise ValueError(f"class_weight must be {self.num_classes} non-negative numbers, got {list(class_weight)}")
+        if not (math.isfinite(aux_weight) and aux_weight >= 0):
+            raise ValueError(f"aux_weight must be a finite number >= 0, got {aux_weight}")
+        check_bool("avg_non_ignore", avg_non_ignore)
         self.register_buffer(
             "class_weight", torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None,
             persistent=False,
