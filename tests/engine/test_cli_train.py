@@ -49,8 +49,8 @@ def test_train_on_builtin_digits_then_eval(tmp_path, capsys):
     """One short epoch of `deformvision train` on the built-in digits set, in a subprocess; then `eval`."""
     run_dir = tmp_path / "run"
     command = [PYTHON, "-m", "deformvision.cli", "train", str(CONFIGS / "dat_digits.yaml"), "--epochs", "1",
-               "--output-dir", str(run_dir), "--set", f"data.root={tmp_path / 'digits'}", "data.batch_size=128", "schedule.warmup_epochs=0",
-               "model.kwargs.dims=[16,32,64,128]", "model.kwargs.depths=[1,1,2,1]",
+               "--output-dir", str(run_dir), "--set", f"data.root={tmp_path / 'digits'}", "data.batch_size=128",
+               "schedule.warmup_epochs=0", "model.kwargs.dims=[16,32,64,128]", "model.kwargs.depths=[1,1,2,1]",
                "model.kwargs.stage_spec=[[L],[S],[L,D],[D]]"]  # fmt: skip
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
