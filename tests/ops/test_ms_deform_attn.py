@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from deformvision.ops import ms_deform_attn
-from deformvision.ops.ms_deform_attn import ms_deform_attn_reference
+from deformvision.ops.msda import ms_deform_attn_reference
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "msda_core_small.safetensors"
 GRAD_KEYS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
@@ -151,7 +151,7 @@ def test_backend_matches_plain_reference(backend, case):
 @pytest.mark.parametrize("case", [*SHAPE_CASES.values(), dict(N=2, Lq=3, M=2, D=4, shapes=[(3, 3), (0, 2)], P=2)])
 def test_cpu_value_gradient_both_ways(monkeypatch, taps_per_row, case):
     """The CPU value gradient has two ways (chosen by taps per table row): force each, compare to the reference."""
-    msda = sys.modules["deformvision.ops.ms_deform_attn"]
+    msda = sys.modules["deformvision.ops.msda.cpu"]
     monkeypatch.setattr(msda, "_SPARSE_TAPS_PER_ROW", taps_per_row)
     inputs = random_inputs(**case, seed=case["N"] * 7 + case["P"])
     grad_output = torch.randn(case["N"], case["Lq"], case["M"] * case["D"], dtype=torch.float64)
@@ -340,7 +340,7 @@ def test_rejects_mixed_dtypes(valid):
 
 
 def test_auto_backend_choice():
-    from deformvision.ops.ms_deform_attn import _resolve_backend
+    from deformvision.ops.msda.dispatch import _resolve_backend
 
     assert _resolve_backend("auto", torch.zeros(1)) == "cpu"
     assert _resolve_backend("auto", torch.zeros(1, device="meta", dtype=torch.float64)) == "reference"

@@ -36,7 +36,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 pytest.importorskip("triton")
 
 import deformvision  # noqa: E402
-from deformvision.ops import _msda_triton as msda  # noqa: E402
+from deformvision.ops.msda import triton_launch as msda  # noqa: E402
 
 _CHILD_MARKER = "DEFORMVISION_MSDA_TRITON_CHILD"
 _INTERPRETER_READY = msda._triton_built_for_interpreter()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformvision.ops.ms_deform_attn import ms_deform_attn
+from deformvision.ops.msda import ms_deform_attn
 
 
 def directional_offset_bias(n_heads: int, n_levels: int, n_points: int) -> Tensor:
