@@ -22,6 +22,15 @@ Coordinate conventions
   derivative from the right, as in torchvision's backward kernel (also at ``y = -1`` or ``x = -1``,
   where the value is 0 but moving right enters the image).
 
+Non-finite values
+-----------------
+As in torchvision, a NaN/inf input pixel reaches the outputs whose bilinear samples read it, including
+with a zero bilinear weight (an integer location also reads the next row and column), and every output
+channel of its convolution group there; it never reaches a sample outside the image or on the lines
+``y = -1`` / ``x = -1``, which read nothing. A ``+-inf`` offset moves its sample outside the image (zero).
+A NaN offset makes the output pixels that use its sample NaN (torchvision's kernel reads out of bounds
+there).
+
 Precision
 ---------
 float16 and bfloat16 inputs are computed in float32 (sample locations, bilinear weights, columns and

@@ -68,7 +68,10 @@ def _bilinear_taps(
     extent = sizes_hw.flip(1).t().repeat_interleave(P, dim=1)  # (2, K): W of each point (row 0), H (row 1)
     # Every large temporary costs page faults (the CPU allocator returns big blocks to the system): the
     # arithmetic below works in place wherever it can (about 1.2x faster at Deformable DETR encoder size).
-    pixel = sampling_locations.reshape(B, K, 2).transpose(1, 2).contiguous()  # (B, 2, K)
+    # a copy, always: with K = 1 the transpose is already contiguous, and the in-place arithmetic below would
+    # write into the caller's sampling_locations
+    pixel = sampling_locations.reshape(B, K, 2).transpose(1, 2)  # (B, 2, K)
+    pixel = pixel.clone(memory_format=torch.contiguous_format)
     pixel.mul_(extent).sub_(0.5)  # grid_sample's align_corners=False pixel coordinate
     # Clamp to [-1, size]; fmax sends NaN to -1 too. Between -1 and size the corners stay within the zero
     # border, so every point outside the map (or non-finite) samples zeros.
@@ -206,6 +209,10 @@ def _grad_tap_weights(rows: Tensor, grad_out: Tensor, table: Tensor) -> Tensor:
     B = rows.shape[0]
     taps_per_query = rows[0].numel()
     crow = torch.arange(0, rows.numel() + 1, taps_per_query, dtype=rows.dtype)  # (B + 1,)
+    if table.shape[0] < taps_per_query:
+        # sampled_addmm keeps at most one value per column of a row: a table smaller than a query's taps (tiny
+        # or empty levels) gets zero rows appended, so that every tap keeps its value
+        table = torch.cat([table, table.new_zeros(taps_per_query - table.shape[0], table.shape[1])])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         pattern = torch.sparse_csr_tensor(

@@ -65,8 +65,9 @@ def ms_deform_attn(
     weight if it lies inside the map and zero otherwise (``F.grid_sample(..., mode="bilinear",
     padding_mode="zeros", align_corners=False)`` at ``2 * location - 1``). A point with a non-finite
     coordinate (NaN or +-inf) samples zero and gets zero gradients (``grid_sample`` itself would return
-    NaN there). Gradients (first order) flow to ``value``, ``sampling_locations`` and
-    ``attention_weights``.
+    NaN there); so does a finite location outside the map however far (3e38 included), and a level
+    with H = 0 or W = 0 contributes nothing. Every backend agrees on these. Gradients (first order) flow to
+    ``value``, ``sampling_locations`` and ``attention_weights``.
     """
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, check_values)
     if torch.onnx.is_in_onnx_export():

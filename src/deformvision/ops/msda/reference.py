@@ -11,10 +11,14 @@ from torch import Tensor
 
 
 def _reference_grids(sampling_locations: Tensor) -> tuple[Tensor, Tensor]:
-    """grid_sample grids 2 * loc - 1, with non-finite points moved far outside the map; and the finite mask."""
+    """grid_sample grids 2 * loc - 1, with non-finite points moved far outside the map; and the finite mask.
+
+    Locations are clamped to [-1, 2] first: every location outside that range already samples zero with a zero
+    gradient, and a huge one (3e38) would overflow to an infinite grid, which grid_sample turns into NaN.
+    """
     finite = torch.isfinite(sampling_locations).all(-1, keepdim=True)  # (N, Lq, M, L, P, 1)
     # -1 becomes grid -3, i.e. pixel -W - 0.5: all four corners are outside, the sample and its gradient are 0
-    locations = torch.where(finite, sampling_locations, -1.0)
+    locations = torch.where(finite, sampling_locations, -1.0).clamp(-1.0, 2.0)
     return 2 * locations - 1, finite
 
 
@@ -39,6 +43,9 @@ def ms_deform_attn_reference(
     grids, _ = _reference_grids(sampling_locations)
     samples = []
     for level, (h, w) in enumerate(shapes):
+        if h * w == 0:  # an empty level contributes nothing (grid_sample rejects it)
+            samples.append(value.new_zeros(N * M, D, Lq, P))
+            continue
         value_l = value_levels[level].permute(0, 2, 3, 1).reshape(N * M, D, h, w)  # (N*M, D, H, W)
         grid_l = grids[:, :, :, level].transpose(1, 2).reshape(N * M, Lq, P, 2)  # (N*M, Lq, P, 2)
         samples.append(
@@ -72,6 +79,11 @@ def reference_backward(
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L, P)  # (N*M, 1, Lq, L, P)
     grad_values, grad_grids, grad_weights = [], [], []
     for level, (h, w) in enumerate(shapes):
+        if h * w == 0:  # an empty level: no value to sample, zero gradients for its points
+            grad_values.append(value_levels[level])  # (N, 0, M, D)
+            grad_grids.append(value.new_zeros(N * M, Lq, P, 2))
+            grad_weights.append(value.new_zeros(N * M, Lq, P))
+            continue
         value_l = value_levels[level].permute(0, 2, 3, 1).reshape(N * M, D, h, w)  # (N*M, D, H, W)
         grid_l = grids[:, :, :, level].transpose(1, 2).reshape(N * M, Lq, P, 2)  # (N*M, Lq, P, 2)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
