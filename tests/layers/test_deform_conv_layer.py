@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
@@ -141,3 +143,68 @@ def test_deformable_conv2d_scripts():
     nn.init.normal_(layer.conv_offset.weight, std=0.1)
     x = torch.randn(1, 4, 7, 6)
     torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
+
+
+LAYER_INVALID = [
+    *[("in_channels", bad, ValueError) for bad in (0, -4, 4.0, True, "4", None)],
+    *[("out_channels", bad, ValueError) for bad in (0, -6, 6.0, None)],
+    *[("kernel_size", bad, ValueError) for bad in (0, (3, 0), 1.5, (3, 3, 3), "3")],
+    *[("stride", bad, ValueError) for bad in (0, 1.5, (1, 0), True)],
+    *[("padding", bad, ValueError) for bad in (-1, (0, -1), 0.5)],
+    *[("dilation", bad, ValueError) for bad in (0, (1, -1), 2.0)],
+    *[("groups", bad, ValueError) for bad in (0, -1, 1.0, 3)],  # 3 divides neither 4 nor 6
+    *[("bias", bad, TypeError) for bad in (1, "yes", None)],
+]
+PACK_INVALID = [
+    *[("offset_groups", bad, ValueError) for bad in (0, -2, 2.0, 3)],  # 3 does not divide 4
+    *[("modulated", bad, TypeError) for bad in (1, "yes", None)],
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    case=st.sampled_from([(DeformConv2d, *c) for c in LAYER_INVALID] + [(DeformableConv2d, *c) for c in PACK_INVALID])
+)
+def test_constructor_rejects_invalid_argument_by_name(case):
+    layer_class, name, bad, error = case
+    arguments = {"in_channels": 4, "out_channels": 6, "kernel_size": 3, name: bad}
+    with pytest.raises(error, match=name):
+        layer_class(**arguments)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    groups=st.sampled_from([1, 2]),
+    kernel_size=st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+)
+def test_valid_constructor_arguments_match_torchvision(groups, kernel_size, stride, padding, dilation, bias):
+    """Same seed, same parameters, same output as torchvision.ops.DeformConv2d for every valid combination."""
+    arguments = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    torch.manual_seed(0)
+    ours = DeformConv2d(4, 6, kernel_size, **arguments).double()
+    torch.manual_seed(0)
+    theirs = torchvision.ops.DeformConv2d(4, 6, kernel_size, **arguments).double()
+    x = torch.randn(1, 4, 7, 7, dtype=torch.float64)
+    k_h, k_w = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+    out_h = (7 + 2 * padding - dilation * (k_h - 1) - 1) // stride + 1
+    out_w = (7 + 2 * padding - dilation * (k_w - 1) - 1) // stride + 1
+    offset = torch.randn(1, 2 * k_h * k_w, out_h, out_w, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, offset), theirs(x, offset), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer", [DeformConv2d(4, 6, 3, padding=1), DeformableConv2d(4, 6, 3, padding=1)])
+def test_forward_rejects_bad_input_and_accepts_batch_0(layer):
+    offset = (torch.zeros(1, 18, 5, 5),) if isinstance(layer, DeformConv2d) else ()
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):
+        layer([[1.0]], *offset)
+    # 8 channels would pass deform_conv2d's own checks as 2 groups of 4: the layer knows it has 4
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 4, H, W\), got \(1, 8, 5, 5\)"):
+        layer(torch.randn(1, 8, 5, 5), *offset)
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 4, H, W\), got \(4, 5, 5\)"):
+        layer(torch.randn(4, 5, 5), *offset)
+    empty_offset = (torch.zeros(0, 18, 5, 5),) if offset else ()
+    assert layer(torch.randn(0, 4, 5, 5), *empty_offset).shape == (0, 6, 5, 5)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deformvision.ops._validation import check_bool, check_tensor
+
 
 def _is_integer(t: Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
@@ -21,7 +23,8 @@ def check_inputs(
     attention_weights: Tensor,
     check_values: bool | None,
 ) -> None:
-    """Raise a ValueError naming the first argument that breaks the tensor contract."""
+    """Raise an error naming the first argument that breaks the tensor contract: a TypeError for a non-tensor
+    or a ``check_values`` that is neither a bool nor None, a ValueError for anything else."""
     named = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -30,8 +33,7 @@ def check_inputs(
         "attention_weights": attention_weights,
     }
     for name, t in named.items():
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_tensor(name, t)
     ranks = {"value": 4, "spatial_shapes": 2, "level_start_index": 1, "sampling_locations": 6, "attention_weights": 5}
     layouts = {
         "value": "(N, S, M, D)",
@@ -82,6 +84,8 @@ def check_inputs(
     if not value.is_floating_point() or len(set(dtypes.values())) > 1:
         raise ValueError(f"value, sampling_locations and attention_weights must share one floating dtype, got {dtypes}")
 
+    if check_values is not None:
+        check_bool("check_values", check_values)
     tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     if check_values is None:
         check_values = spatial_shapes.device.type == "cpu"

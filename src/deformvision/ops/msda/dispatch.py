@@ -59,6 +59,12 @@ def ms_deform_attn(
 
     Returns:
         (N, Lq, M * D) tensor of ``value.dtype``; channels are head-major (head m owns ``m*D:(m+1)*D``).
+        N = 0, Lq = 0 or P = 0 give an empty or all-zero output of that shape.
+
+    Raises:
+        TypeError: a tensor argument that is not a ``torch.Tensor``, or ``check_values`` neither a bool nor None.
+        ValueError: wrong ranks, shapes, dtypes or devices, level layout values (when checked), an unknown
+            backend or one that cannot run the given tensors.
 
     Bilinear sampling at a location (x, y) of level l reads the pixel coordinates
     ``(x * W_l - 0.5, y * H_l - 0.5)``; each of the four neighbouring pixels contributes with its bilinear
