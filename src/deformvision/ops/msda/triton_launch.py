@@ -59,15 +59,6 @@ import torch
 _TILE = 512
 
 
-def is_available() -> bool:
-    """Whether triton can be imported."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _kernels(device: torch.device) -> types.ModuleType:
     """The kernels' module for tensors on ``device``, imported on first use (see the module docstring)."""
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
