@@ -1,4 +1,4 @@
-"""Tests for deformvision.layers.deform_conv: DeformConv2d and DeformableConv2d."""
+"""Tests for deformvision.layers.deform_conv: DeformConv2d and DeformConv2dPack."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
+from deformvision.layers.deform_conv import DeformConv2d, DeformConv2dPack
 from deformvision.ops.deform_conv import deform_conv2d
 
 # Keyword arguments shared by nn.Conv2d and both layers: groups, non-square kernel, stride, dilation.
@@ -40,7 +40,7 @@ def test_deform_conv2d_forward_is_the_op(use_mask):
 def test_deformable_conv2d_init_is_plain_conv(modulated):
     """Zero offsets at init; the modulated layer's mask is sigmoid(0) = 0.5 on every tap."""
     torch.manual_seed(0)
-    layer = DeformableConv2d(4, 6, offset_groups=2, modulated=modulated, **CONV_KWARGS).double()
+    layer = DeformConv2dPack(4, 6, offset_groups=2, modulated=modulated, **CONV_KWARGS).double()
     x = torch.randn(2, 4, 8, 7, dtype=torch.float64)
     scale = 0.5 if modulated else 1.0
     expected = F.conv2d(x, scale * layer.weight, layer.bias, (2, 1), (1, 2), (1, 2), groups=2)
@@ -49,7 +49,7 @@ def test_deformable_conv2d_init_is_plain_conv(modulated):
 
 @pytest.mark.parametrize("modulated", [False, True])
 def test_deformable_conv2d_state_dict(modulated):
-    layer = DeformableConv2d(4, 6, 3, offset_groups=2, modulated=modulated)
+    layer = DeformConv2dPack(4, 6, 3, offset_groups=2, modulated=modulated)
     shapes = {name: tuple(value.shape) for name, value in layer.state_dict().items()}
     predicted = (3 if modulated else 2) * 2 * 9
     assert shapes == {
@@ -58,13 +58,13 @@ def test_deformable_conv2d_state_dict(modulated):
         "conv_offset.weight": (predicted, 4, 3, 3),
         "conv_offset.bias": (predicted,),
     }
-    assert "bias" not in DeformableConv2d(4, 6, 3, bias=False).state_dict()
+    assert "bias" not in DeformConv2dPack(4, 6, 3, bias=False).state_dict()
 
 
 def test_deformable_conv2d_loads_conv2d_weights():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1)
-    layer = DeformableConv2d(4, 6, 3, padding=1, modulated=False)
+    layer = DeformConv2dPack(4, 6, 3, padding=1, modulated=False)
     result = layer.load_state_dict(conv.state_dict(), strict=False)
     assert sorted(result.missing_keys) == ["conv_offset.bias", "conv_offset.weight"]
     assert result.unexpected_keys == []
@@ -75,7 +75,7 @@ def test_deformable_conv2d_loads_conv2d_weights():
 @pytest.mark.parametrize("modulated", [False, True])
 def test_deformable_conv2d_backward(modulated):
     torch.manual_seed(0)
-    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=modulated)
+    layer = DeformConv2dPack(4, 6, 3, padding=1, offset_groups=2, modulated=modulated)
     x = torch.randn(2, 4, 7, 6, requires_grad=True)
     out = layer(x)
     assert out.shape == (2, 6, 7, 6)
@@ -89,7 +89,7 @@ def test_deformable_conv2d_backward(modulated):
 
 def test_deformable_conv2d_uses_predicted_offsets():
     torch.manual_seed(0)
-    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2).double()
+    layer = DeformConv2dPack(4, 6, 3, padding=1, offset_groups=2).double()
     nn.init.normal_(layer.conv_offset.weight, std=0.1)
     x = torch.randn(1, 4, 7, 6, dtype=torch.float64)
     prediction = layer.conv_offset(x)
@@ -103,16 +103,16 @@ def test_invalid_groups():
     with pytest.raises(ValueError, match=r"must be divisible by groups \(3\)"):
         DeformConv2d(4, 6, 3, groups=3)
     with pytest.raises(ValueError, match=r"in_channels \(4\) must be divisible by offset_groups \(3\)"):
-        DeformableConv2d(4, 6, 3, offset_groups=3)
+        DeformConv2dPack(4, 6, 3, offset_groups=3)
     with pytest.raises(ValueError, match=r"kernel_size must be an int or a pair"):
-        DeformableConv2d(4, 6, (3, 3, 3))
+        DeformConv2dPack(4, 6, (3, 3, 3))
 
 
 def test_repr():
     assert repr(DeformConv2d(4, 6, 3, padding=1, bias=False)) == (
         "DeformConv2d(4, 6, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)"
     )
-    assert "offset_groups=2, modulated=True" in repr(DeformableConv2d(4, 6, 3, offset_groups=2))
+    assert "offset_groups=2, modulated=True" in repr(DeformConv2dPack(4, 6, 3, offset_groups=2))
 
 
 def test_deform_conv2d_is_torchvision_compatible():
@@ -139,7 +139,7 @@ def test_deform_conv2d_is_torchvision_compatible():
 
 def test_deformable_conv2d_scripts():
     torch.manual_seed(0)
-    layer = DeformableConv2d(4, 6, 3, padding=1, offset_groups=2)
+    layer = DeformConv2dPack(4, 6, 3, padding=1, offset_groups=2)
     nn.init.normal_(layer.conv_offset.weight, std=0.1)
     x = torch.randn(1, 4, 7, 6)
     torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
@@ -163,7 +163,7 @@ PACK_INVALID = [
 
 @settings(max_examples=60, deadline=None)
 @given(
-    case=st.sampled_from([(DeformConv2d, *c) for c in LAYER_INVALID] + [(DeformableConv2d, *c) for c in PACK_INVALID])
+    case=st.sampled_from([(DeformConv2d, *c) for c in LAYER_INVALID] + [(DeformConv2dPack, *c) for c in PACK_INVALID])
 )
 def test_constructor_rejects_invalid_argument_by_name(case):
     layer_class, name, bad, error = case
@@ -196,7 +196,7 @@ def test_valid_constructor_arguments_match_torchvision(groups, kernel_size, stri
     torch.testing.assert_close(ours(x, offset), theirs(x, offset), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("layer", [DeformConv2d(4, 6, 3, padding=1), DeformableConv2d(4, 6, 3, padding=1)])
+@pytest.mark.parametrize("layer", [DeformConv2d(4, 6, 3, padding=1), DeformConv2dPack(4, 6, 3, padding=1)])
 def test_forward_rejects_bad_input_and_accepts_batch_0(layer):
     offset = (torch.zeros(1, 18, 5, 5),) if isinstance(layer, DeformConv2d) else ()
     with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):

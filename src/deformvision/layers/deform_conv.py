@@ -5,9 +5,10 @@ Two layers, not to be confused:
 - :class:`DeformConv2d`: the drop-in peer of ``torchvision.ops.DeformConv2d``. It holds only the
   convolution ``weight`` and ``bias``; the caller supplies the offsets (and the optional DCN v2 mask):
   ``layer(input, offset, mask=None)``.
-- :class:`DeformableConv2d`: a self-contained DCN v2 block (mmcv's ``ModulatedDeformConv2dPack``): a
-  zero-initialised ``conv_offset`` predicts the offsets and mask from the input, so it replaces an
-  ``nn.Conv2d``: ``layer(input)``.
+- :class:`DeformConv2dPack`: a :class:`DeformConv2d` that packs its own offset convolution, a self-contained
+  DCN v2 block (mmcv's name; ``modulated=True`` is mmcv's ``ModulatedDeformConv2dPack``): a zero-initialised
+  ``conv_offset`` predicts the offsets and mask from the input, so it replaces an ``nn.Conv2d``:
+  ``layer(input)``.
 """
 
 import math
@@ -100,7 +101,7 @@ class DeformConv2d(_DeformConvBase):
     The drop-in peer of ``torchvision.ops.DeformConv2d``: same constructor arguments in the same
     order, same ``forward(input, offset, mask=None)``, same parameters and state-dict keys
     (``weight``, ``bias``), same results. For a layer that predicts its own offsets, see
-    :class:`DeformableConv2d`. Scriptable with ``torch.jit.script``; ``deform_conv2d`` is a leaf for
+    :class:`DeformConv2dPack`. Scriptable with ``torch.jit.script``; ``deform_conv2d`` is a leaf for
     ``torch.fx`` tracing.
 
     Holds the convolution weight and bias; ``forward`` applies
@@ -156,7 +157,7 @@ class DeformConv2d(_DeformConvBase):
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
-class DeformableConv2d(_DeformConvBase):
+class DeformConv2dPack(_DeformConvBase):
     r"""Self-contained DCN v2 block: a drop-in replacement for :class:`torch.nn.Conv2d` that predicts
     its own offsets (and mask) from its input.
 
