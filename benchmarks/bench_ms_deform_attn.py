@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 import torch
 
-from deformvision.ops.ms_deform_attn import ms_deform_attn
+from deformvision.ops.msda import ms_deform_attn
 
 LEVELS = [(100, 134), (50, 67), (25, 34), (13, 17)]
 BATCH, HEADS, HEAD_DIM, POINTS = 2, 8, 32, 4

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
@@ -114,3 +116,64 @@ def test_float32_reference_points_in_a_float64_module(golden):
     out = module(golden["query"], ref32, *args)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, module(golden["query"], ref32.double(), *args), rtol=0, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    case=st.sampled_from(
+        [(name, bad) for name in ("d_model", "n_levels", "n_heads", "n_points") for bad in (0, -1, 2.0, True, None)]
+        + [("n_heads", 3)]  # does not divide d_model = 16
+    )
+)
+def test_constructor_rejects_invalid_argument_by_name(case):
+    name, bad = case
+    arguments = {"d_model": 16, "n_levels": 2, "n_heads": 2, "n_points": 4, name: bad}
+    with pytest.raises(ValueError, match=name):
+        MSDeformAttn(**arguments)
+
+
+def forward_arguments(golden: dict[str, torch.Tensor]) -> dict:
+    return {
+        "query": golden["query"],
+        "reference_points": golden["reference_points_2"],
+        "input_flatten": golden["input_flatten"],
+        "spatial_shapes": golden["spatial_shapes"],
+        "level_start_index": golden["level_start_index"],
+        "input_padding_mask": golden["input_padding_mask"],
+    }
+
+
+FORWARD_TENSORS = ("query", "reference_points", "input_flatten", "spatial_shapes", "level_start_index")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    case=st.sampled_from(
+        [(name, bad, TypeError) for name in FORWARD_TENSORS for bad in (None, [1.0], 2.0)]
+        + [("input_padding_mask", [True], TypeError)]
+        + [
+            ("query", lambda q: q[..., :8], ValueError),  # d_model 8 in a 16-channel module
+            ("query", lambda q: q[0], ValueError),  # rank 2
+            ("input_flatten", lambda x: x[..., :8], ValueError),
+            ("input_flatten", lambda x: torch.cat([x, x]), ValueError),  # batch 2 for queries of batch 1
+            ("spatial_shapes", lambda s: s[:1], ValueError),  # 1 level in a 2-level module
+            ("input_padding_mask", lambda m: m.double(), ValueError),
+            ("input_padding_mask", lambda m: m[:, :5], ValueError),
+        ]
+    )
+)
+def test_forward_rejects_invalid_argument_by_name(golden, case):
+    name, bad, error = case
+    arguments = forward_arguments(golden)
+    arguments[name] = bad(arguments[name]) if callable(bad) else bad
+    module = build(golden, torch.float64)
+    with pytest.raises(error, match=name):
+        module(**arguments)
+
+
+def test_forward_batch_0(golden):
+    module = build(golden, torch.float64)
+    arguments = {name: value[:0] for name, value in forward_arguments(golden).items()}
+    arguments["spatial_shapes"] = golden["spatial_shapes"]
+    arguments["level_start_index"] = golden["level_start_index"]
+    assert module(**arguments).shape == (0, golden["query"].shape[1], 16)

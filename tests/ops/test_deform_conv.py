@@ -239,7 +239,7 @@ INVALID_CASES = [
     ("offset_device", {"offset": torch.zeros(2, 36, 4, 3, device="meta")}, r"offset device .* does not"),
     ("bias_dtype", {"bias": torch.zeros(6, dtype=F64)}, r"bias .* does not match input"),
     ("bias_shape", {"bias": torch.zeros(5)}, r"bias must have shape \(6,\)"),
-    ("stride", {"stride": 0}, r"stride and dilation must be positive"),
+    ("stride", {"stride": 0}, r"stride must be an int or a pair of ints >= 1, got 0"),
     ("stride_pair", {"stride": (1, 2, 3)}, r"stride must be an int or a pair"),
     ("in_groups", {"weight": torch.randn(6, 3, 3, 3)}, r"input channels \(4\) must be divisible by weight"),
     ("out_groups", {"weight": torch.randn(5, 2, 3, 3), "bias": None}, r"weight.shape\[0\] \(5\) must be"),

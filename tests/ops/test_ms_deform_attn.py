@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from msda_float64_loop import msda_loop_forward_backward
 from safetensors.torch import load_file
 
 from deformvision.ops import ms_deform_attn
-from deformvision.ops.ms_deform_attn import ms_deform_attn_reference
+from deformvision.ops.msda import ms_deform_attn_reference
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "msda_core_small.safetensors"
 GRAD_KEYS = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
@@ -139,19 +140,24 @@ SHAPE_CASES = {
 
 @pytest.mark.parametrize("case", SHAPE_CASES.values(), ids=SHAPE_CASES.keys())
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_backend_matches_plain_reference(backend, case):
+def test_backend_matches_float64_loop(backend, case):
+    """Each backend (the reference included: it is not its own yardstick) against the independent float64 loop
+    over points and corners of msda_float64_loop: output and the three gradients."""
     inputs = random_inputs(**case, seed=len(case["shapes"]) + case["N"])
+    value, _, _, locations, weights = inputs
     grad_output = torch.randn(case["N"], case["Lq"], case["M"] * case["D"], dtype=torch.float64)
-    expected = reference_forward_backward(inputs, grad_output)
-    for result, want in zip(forward_backward(inputs, grad_output, backend=backend), expected, strict=True):
-        torch.testing.assert_close(result, want, rtol=0, atol=1e-12)
+    expected = msda_loop_forward_backward(value, case["shapes"], locations, weights, grad_output)
+    assert expected[0].abs().max() > 0.1 and expected[2].abs().max() > 0.1  # the case samples the maps
+    results = forward_backward(inputs, grad_output, backend=backend)
+    for name, result, want in zip(("output",) + GRAD_KEYS, results, expected, strict=True):
+        torch.testing.assert_close(result, want, rtol=0, atol=1e-12, msg=f"{backend} {name}")
 
 
 @pytest.mark.parametrize("taps_per_row", [0.0, float("inf")], ids=["by_first_corner", "by_row"])
 @pytest.mark.parametrize("case", [*SHAPE_CASES.values(), dict(N=2, Lq=3, M=2, D=4, shapes=[(3, 3), (0, 2)], P=2)])
 def test_cpu_value_gradient_both_ways(monkeypatch, taps_per_row, case):
     """The CPU value gradient has two ways (chosen by taps per table row): force each, compare to the reference."""
-    msda = sys.modules["deformvision.ops.ms_deform_attn"]
+    msda = sys.modules["deformvision.ops.msda.cpu"]
     monkeypatch.setattr(msda, "_SPARSE_TAPS_PER_ROW", taps_per_row)
     inputs = random_inputs(**case, seed=case["N"] * 7 + case["P"])
     grad_output = torch.randn(case["N"], case["Lq"], case["M"] * case["D"], dtype=torch.float64)
@@ -340,7 +346,7 @@ def test_rejects_mixed_dtypes(valid):
 
 
 def test_auto_backend_choice():
-    from deformvision.ops.ms_deform_attn import _resolve_backend
+    from deformvision.ops.msda.dispatch import _resolve_backend
 
     assert _resolve_backend("auto", torch.zeros(1)) == "cpu"
     assert _resolve_backend("auto", torch.zeros(1, device="meta", dtype=torch.float64)) == "reference"

@@ -35,8 +35,10 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 
 pytest.importorskip("triton")
 
+from msda_float64_loop import msda_loop_forward_backward  # noqa: E402
+
 import deformvision  # noqa: E402
-from deformvision.ops import _msda_triton as msda  # noqa: E402
+from deformvision.ops.msda import triton_launch as msda  # noqa: E402
 
 _CHILD_MARKER = "DEFORMVISION_MSDA_TRITON_CHILD"
 _INTERPRETER_READY = msda._triton_built_for_interpreter()
@@ -142,16 +144,17 @@ def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, rtol: float, a
     torch.testing.assert_close(actual.detach().cpu().double(), expected, rtol=rtol, atol=atol)
 
 
-def test_is_available() -> None:
-    assert msda.is_available()
-
-
-def test_importable_and_unavailable_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_launcher_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher imports triton only when launching: loaded where triton cannot be imported, it defines its
+    entry points, and only a launch fails, with triton's ImportError."""
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
-    spec = importlib.util.spec_from_file_location("msda_without_triton", msda.__file__)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = importlib.util.spec_from_file_location("msda_launch_without_triton", msda.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert not module.is_available()
+    assert callable(module.ms_deform_attn_forward) and callable(module.ms_deform_attn_backward)
+    with pytest.raises(ImportError, match="triton"):
+        module.ms_deform_attn_forward(*make_inputs("cpu"))
 
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,6 +267,34 @@ def test_non_finite_locations_sample_zeros(device: str) -> None:
         assert_close_to(grad, grad_expected, rtol=1e-5, atol=1e-5)
     for tap in bad_taps:
         assert (grads[1][tap] == 0).all() and grads[2][tap] == 0
+
+
+EDGE_CASES = {
+    "empty_levels": dict(batch=2, shapes=((0, 3), (3, 2), (2, 0)), far=None),
+    "huge_locations": dict(batch=2, shapes=((3, 2),), far=3e38),
+    "huge_negative_locations": dict(batch=1, shapes=((2, 2), (1, 3)), far=-3e38),
+    "batch_0": dict(batch=0, shapes=((3, 2),), far=None),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES.values(), ids=EDGE_CASES.keys())
+@pytest.mark.parametrize("device", DEVICES)
+def test_edge_cases_match_float64_loop(device: str, case: dict) -> None:
+    """Empty levels, locations that overflow once scaled, batch 0: the float64 loop of msda_float64_loop."""
+    value, shapes, starts, locations, weights = make_inputs(device, batch=case["batch"], shapes=case["shapes"])
+    if case["far"] is not None:
+        locations = locations.clone()
+        locations[..., 0, :, 0] = case["far"]  # x of every point of the first level
+        locations[..., 1] = torch.where(locations[..., 1] > 0.9, case["far"], locations[..., 1])
+    grad_output = torch.randn(case["batch"], 5, 16, generator=torch.Generator().manual_seed(2)).to(device)
+    expected = msda_loop_forward_backward(
+        value.cpu(), list(case["shapes"]), locations.cpu(), weights.cpu(), grad_output.cpu()
+    )
+    for deterministic in (False, True):
+        out, grads = run_triton((value, shapes, starts, locations, weights), grad_output, deterministic)
+        for result, want in zip((out, *grads), expected, strict=True):
+            assert result.shape == want.shape
+            assert_close_to(result, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

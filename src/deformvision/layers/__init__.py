@@ -4,7 +4,7 @@ Generic layers (``DropPath``, ``Mlp``, ``LayerNorm2d``, ``trunc_normal_``) come 
 what is here is what timm and torchvision do not have.
 """
 
-from deformvision.layers.deform_conv import DeformableConv2d, DeformConv2d
+from deformvision.layers.deform_conv import DeformConv2d, DeformConv2dPack
 from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints, reference_points
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
@@ -12,7 +12,7 @@ from deformvision.layers.window_attention import WindowAttention
 
 __all__ = [
     "DeformConv2d",
-    "DeformableConv2d",
+    "DeformConv2dPack",
     "DeformableAttention",
     "MSDeformAttn",
     "PositionEmbeddingSine",

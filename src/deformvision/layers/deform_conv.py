@@ -5,9 +5,10 @@ Two layers, not to be confused:
 - :class:`DeformConv2d`: the drop-in peer of ``torchvision.ops.DeformConv2d``. It holds only the
   convolution ``weight`` and ``bias``; the caller supplies the offsets (and the optional DCN v2 mask):
   ``layer(input, offset, mask=None)``.
-- :class:`DeformableConv2d`: a self-contained DCN v2 block (mmcv's ``ModulatedDeformConv2dPack``): a
-  zero-initialised ``conv_offset`` predicts the offsets and mask from the input, so it replaces an
-  ``nn.Conv2d``: ``layer(input)``.
+- :class:`DeformConv2dPack`: a :class:`DeformConv2d` that packs its own offset convolution, a self-contained
+  DCN v2 block (mmcv's name; ``modulated=True`` is mmcv's ``ModulatedDeformConv2dPack``): a zero-initialised
+  ``conv_offset`` predicts the offsets and mask from the input, so it replaces an ``nn.Conv2d``:
+  ``layer(input)``.
 """
 
 import math
@@ -15,7 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from deformvision.ops.deform_conv import _pair, deform_conv2d
+from deformvision.ops._validation import check_bool, check_int, check_tensor
+from deformvision.ops.deform_conv import _fx_symbolic_tracing, _pair, _shape, deform_conv2d
 
 # A leaf for torch.fx here too: FX patches wrapped functions in the globals of the module that calls them.
 torch.fx.wrap("deform_conv2d")
@@ -39,22 +41,38 @@ class _DeformConvBase(nn.Module):
         bias: bool,
     ) -> None:
         super().__init__()
-        if groups < 1 or in_channels % groups != 0 or out_channels % groups != 0:
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("groups", groups, 1)
+        check_bool("bias", bias)
+        if in_channels % groups != 0 or out_channels % groups != 0:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))
         else:
             self.register_parameter("bias", None)
+
+    def _check_input(self, input: Tensor) -> None:
+        """A TypeError unless ``input`` is a tensor, a ValueError unless it is ``(N, in_channels, H, W)``.
+
+        (``deform_conv2d`` infers the groups from the channel count: a wrong count could pass silently.)
+        """
+        if not torch.jit.is_scripting():
+            if _fx_symbolic_tracing():  # the input is a proxy: nothing to check
+                return
+            check_tensor("input", input)
+        if input.dim() != 4 or input.shape[1] != self.in_channels:
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W), got {_shape(input)}")
 
     def reset_parameters(self) -> None:
         """Initialise weight and bias as :class:`torch.nn.Conv2d` does (Kaiming-uniform)."""
@@ -83,7 +101,7 @@ class DeformConv2d(_DeformConvBase):
     The drop-in peer of ``torchvision.ops.DeformConv2d``: same constructor arguments in the same
     order, same ``forward(input, offset, mask=None)``, same parameters and state-dict keys
     (``weight``, ``bias``), same results. For a layer that predicts its own offsets, see
-    :class:`DeformableConv2d`. Scriptable with ``torch.jit.script``; ``deform_conv2d`` is a leaf for
+    :class:`DeformConv2dPack`. Scriptable with ``torch.jit.script``; ``deform_conv2d`` is a leaf for
     ``torch.fx`` tracing.
 
     Holds the convolution weight and bias; ``forward`` applies
@@ -112,6 +130,12 @@ class DeformConv2d(_DeformConvBase):
     Attributes:
         weight: ``(C_out, C_in // groups, kH, kW)``.
         bias: ``(C_out,)`` or ``None``.
+
+    Raises:
+        ValueError: channels or groups not positive ints, groups not dividing both channel counts,
+            kernel_size / stride / dilation not positive ints (or pairs), padding not non-negative; in
+            ``forward``, an input that is not ``(N, in_channels, H, W)`` (and the op's own checks).
+        TypeError: ``bias`` not a bool; in ``forward``, a non-tensor input.
     """
 
     def __init__(
@@ -129,10 +153,11 @@ class DeformConv2d(_DeformConvBase):
         self.reset_parameters()
 
     def forward(self, input: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        self._check_input(input)
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
 
-class DeformableConv2d(_DeformConvBase):
+class DeformConv2dPack(_DeformConvBase):
     r"""Self-contained DCN v2 block: a drop-in replacement for :class:`torch.nn.Conv2d` that predicts
     its own offsets (and mask) from its input.
 
@@ -182,6 +207,10 @@ class DeformableConv2d(_DeformConvBase):
         weight: ``(C_out, C_in // groups, kH, kW)``.
         bias: ``(C_out,)`` or ``None``.
         conv_offset: ``nn.Conv2d(C_in, (3 if modulated else 2) * offset_groups * kH * kW, ...)``.
+
+    Raises:
+        ValueError / TypeError: as :class:`DeformConv2d`; also ``offset_groups`` not a positive int dividing
+            ``in_channels`` (ValueError) and ``modulated`` not a bool (TypeError).
     """
 
     def __init__(
@@ -198,7 +227,9 @@ class DeformableConv2d(_DeformConvBase):
         modulated: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        if offset_groups < 1 or in_channels % offset_groups != 0:
+        check_int("offset_groups", offset_groups, 1)
+        check_bool("modulated", modulated)
+        if in_channels % offset_groups != 0:
             raise ValueError(f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})")
         self.offset_groups = offset_groups
         self.modulated = modulated
@@ -220,6 +251,7 @@ class DeformableConv2d(_DeformConvBase):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
         prediction = self.conv_offset(input)  # (N, (3 or 2) * og * kH * kW, H_out, W_out)
         offset_channels = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset = prediction[:, :offset_channels]  # (N, 2 * og * kH * kW, H_out, W_out)

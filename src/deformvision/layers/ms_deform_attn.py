@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformvision.ops.ms_deform_attn import ms_deform_attn
+from deformvision.ops._validation import check_int, check_tensor
+from deformvision.ops.msda import ms_deform_attn
 
 
 def directional_offset_bias(n_heads: int, n_levels: int, n_points: int) -> Tensor:
@@ -80,11 +81,19 @@ class MSDeformAttn(nn.Module):
         - spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``
         - level_start_index: ``(L,)`` int64 start of each level in ``S``
         - input_padding_mask: ``(N, S)`` bool, True = padding (its values are zeroed), or None
-        - Output: ``(N, Lq, d_model)``
+        - Output: ``(N, Lq, d_model)``; batch 0 gives an empty output.
+
+    Raises:
+        ValueError: sizes that are not positive ints or ``n_heads`` not dividing ``d_model``; in ``forward``,
+            tensors of the wrong rank or size (``d_model``, batch, ``n_levels`` rows of ``spatial_shapes``) or a
+            padding mask that is not a bool ``(N, S)`` tensor.
+        TypeError: in ``forward``, an argument that is not a tensor (the mask may be None).
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
         super().__init__()
+        for name, size in (("d_model", d_model), ("n_levels", n_levels), ("n_heads", n_heads), ("n_points", n_points)):
+            check_int(name, size, 1)
         if d_model % n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got {d_model} and {n_heads}")
         head_dim = d_model // n_heads
@@ -115,6 +124,39 @@ class MSDeformAttn(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
 
+    def _check_forward_arguments(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        spatial_shapes: Tensor,
+        input_padding_mask: Tensor | None,
+    ) -> None:
+        """The module's side of the contract (``ms_deform_attn`` checks the rest): types, ranks, d_model, L."""
+        check_tensor("query", query)
+        check_tensor("reference_points", reference_points)
+        check_tensor("input_flatten", input_flatten)
+        check_tensor("spatial_shapes", spatial_shapes)
+        check_tensor("input_padding_mask", input_padding_mask, optional=True)
+        if query.dim() != 3 or query.shape[-1] != self.d_model:
+            raise ValueError(f"query must have shape (N, Lq, d_model={self.d_model}), got {tuple(query.shape)}")
+        N = query.shape[0]
+        if input_flatten.dim() != 3 or input_flatten.shape[0] != N or input_flatten.shape[-1] != self.d_model:
+            raise ValueError(
+                f"input_flatten must have shape (N={N}, S, d_model={self.d_model}), got {tuple(input_flatten.shape)}"
+            )
+        if tuple(spatial_shapes.shape) != (self.n_levels, 2):
+            raise ValueError(
+                f"spatial_shapes must have shape (n_levels={self.n_levels}, 2), got {tuple(spatial_shapes.shape)}"
+            )
+        if input_padding_mask is not None and (
+            input_padding_mask.dtype != torch.bool or input_padding_mask.shape != input_flatten.shape[:2]
+        ):
+            raise ValueError(
+                f"input_padding_mask must be a bool tensor of shape (N, S) = {tuple(input_flatten.shape[:2])}, got "
+                f"{input_padding_mask.dtype} {tuple(input_padding_mask.shape)}"
+            )
+
     def forward(
         self,
         query: Tensor,
@@ -124,6 +166,7 @@ class MSDeformAttn(nn.Module):
         level_start_index: Tensor,
         input_padding_mask: Tensor | None = None,
     ) -> Tensor:
+        self._check_forward_arguments(query, reference_points, input_flatten, spatial_shapes, input_padding_mask)
         N, Lq, _ = query.shape
         S = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points

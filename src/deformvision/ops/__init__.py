@@ -5,7 +5,7 @@ Box utilities (format conversion, area, IoU, generalized IoU, NMS) are torchvisi
 """
 
 from deformvision.ops.deform_conv import deform_conv2d
-from deformvision.ops.ms_deform_attn import ms_deform_attn
+from deformvision.ops.msda import ms_deform_attn
 
 __all__ = [
     "deform_conv2d",

@@ -4,6 +4,8 @@ No argument checks here: :mod:`deformvision.ops.deform_conv` validates and dispa
 its ``torch.library`` custom op. Conventions and the memory layout are described there.
 """
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+class _Samples(NamedTuple):
+    """Corner rows and bilinear factors of every sample; ``S = N * H_out * W_out * kH * kW * offset_groups``."""
+
+    index: Tensor  # (S, 4) rows of the corners (top-left, top-right, bottom-left, bottom-right) in _padded_rows
+    weights: Tensor  # (S, 4) their blend weights, zero outside the image, times the mask; NaN for a NaN offset
+    frac_y: Tensor  # (S,) fractional row position, zero outside the image
+    frac_x: Tensor  # (S,) fractional column position, zero outside the image
+    scale: Tensor  # (S,) the mask (or one), zero outside the image
+    valid: Tensor  # (S,) bool, the sample lies in [-1, H) x [-1, W) (torchvision's rule for the gradient)
+    edge: Tensor  # (S,) bool, a valid sample on the line y = -1 or x = -1, whose value is exactly zero
+
+
 def _samples(
     input_shape: list[int],
     offset: Tensor,
@@ -38,15 +52,12 @@ def _samples(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> _Samples:
     """Corner rows and bilinear factors of every sample, computed in ``dtype``.
 
-    Returns:
-        ``(index, weights, frac_y, frac_x, scale, valid)``: ``index`` ``(S, 4)`` rows of the four
-        corners (top-left, top-right, bottom-left, bottom-right) in the padded channels-last input of
-        :func:`_padded_rows`; ``weights`` ``(S, 4)`` their blend weights, zero outside the image and
-        times the mask; ``frac_y``, ``frac_x``, ``scale`` (mask, or one, zeroed outside) and ``valid``
-        ``(S,)``, for the backward pass. ``S = N * H_out * W_out * kH * kW * offset_groups``.
+    A sample outside the image reads the all-zero last row of :func:`_padded_rows` at all four corners, so
+    a non-finite input pixel never leaks into it through a zero weight (as in torchvision, which reads
+    nothing there). A sample with a NaN offset gets NaN weights: its output pixel becomes NaN.
     """
     batch, _, height, width = input_shape
     k_h, k_w = kernel_size
@@ -72,7 +83,8 @@ def _samples(
     # torchvision's rule: a sample at y <= -1, y >= H, x <= -1 or x >= W reads zero; otherwise each
     # corner outside the image reads zero, which the one-pixel zero border of the padded input provides.
     # y = -1 (x = -1) is kept: the border gives it the value 0 and the derivative from the right.
-    valid = (y >= -1) & (y < height) & (x >= -1) & (x < width)
+    valid = (y >= -1) & (y < height) & (x >= -1) & (x < width)  # False for NaN
+    edge = valid & ((y == -1) | (x == -1))
     y0 = torch.floor(y)
     x0 = torch.floor(x)
     frac_y = y - y0
@@ -82,7 +94,9 @@ def _samples(
     else:
         # (N, og * kH * kW, H_out, W_out) -> (N, H_out, W_out, kH*kW, og) -> (S,)
         scale = mask.reshape(batch, offset_groups, taps, out_h, out_w).permute(0, 3, 4, 2, 1).reshape(-1)
-        scale = torch.where(valid, scale.to(dtype), torch.zeros_like(frac_y))
+        scale = scale.to(dtype)
+        scale = torch.where(valid, scale, scale * 0)  # torchvision's mask * 0 outside: NaN for a NaN mask
+    scale = torch.where(y.isnan() | x.isnan(), torch.nan, scale)
     frac_y = torch.where(valid, frac_y, torch.zeros_like(frac_y))  # finite even for far or NaN offsets
     frac_x = torch.where(valid, frac_x, torch.zeros_like(frac_x))
     top, left = 1 - frac_y, 1 - frac_x
@@ -91,7 +105,7 @@ def _samples(
     weights = (row_weights.unsqueeze(2) * col_weights.unsqueeze(1)).view(-1, 4)  # (S, 4)
 
     # Padded input: (N, og, H + 2, W + 2, C_in/og) rows; pixel (r, c) of plane (n, g) is row
-    # ((n * og + g) * (H + 2) + r + 1) * (W + 2) + c + 1. Invalid samples get any in-range row.
+    # ((n * og + g) * (H + 2) + r + 1) * (W + 2) + c + 1; samples outside the image read the zero row.
     padded_w = width + 2
     plane = torch.arange(batch, device=device).view(batch, 1, 1, 1) * offset_groups + torch.arange(
         offset_groups, device=device
@@ -101,17 +115,24 @@ def _samples(
     col = x0.clamp(-1, width - 1).long() + 1
     top_left = (plane * (height + 2) + row) * padded_w + col  # (S,)
     index = top_left.unsqueeze(1) + torch.tensor([0, 1, padded_w, padded_w + 1], device=device)  # (S, 4)
-    return index, weights, frac_y, frac_x, scale, valid
+    zero_row = batch * offset_groups * (height + 2) * padded_w
+    index = torch.where(valid.unsqueeze(1), index, zero_row)
+    return _Samples(index, weights, frac_y, frac_x, scale, valid, edge)
 
 
 def _padded_rows(input: Tensor, offset_groups: int, dtype: torch.dtype) -> Tensor:
-    """``input`` ``(N, C_in, H, W)`` as zero-bordered channels-last rows ``(N * og * (H+2) * (W+2), C_in/og)``."""
+    """``input`` ``(N, C_in, H, W)`` as zero-bordered channels-last rows ``(N * og * (H+2) * (W+2) + 1, C_in/og)``.
+
+    The last row is all zeros too: the row that samples outside the image read.
+    """
     batch, in_channels, height, width = input.shape
     og_channels = in_channels // offset_groups
-    padded = input.new_zeros((batch, offset_groups, height + 2, width + 2, og_channels), dtype=dtype)
+    planes = batch * offset_groups * (height + 2) * (width + 2)
+    rows = input.new_zeros((planes + 1, og_channels), dtype=dtype)
+    padded = rows[:planes].view(batch, offset_groups, height + 2, width + 2, og_channels)
     # (N, C_in, H, W) -> (N, og, H, W, C_in/og)
     padded[:, :, 1:-1, 1:-1] = input.reshape(batch, offset_groups, og_channels, height, width).permute(0, 1, 3, 4, 2)
-    return padded.view(-1, og_channels)
+    return rows
 
 
 def _weight_matrix(weight: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
@@ -153,8 +174,11 @@ def _forward(
     dtype = _compute_dtype(input.dtype)
     pixels = batch * out_h * out_w
 
-    index, weights, _, _, _, _ = _samples(list(input.shape), offset, mask, (k_h, k_w), stride, padding, dilation, dtype)
+    samples = _samples(list(input.shape), offset, mask, (k_h, k_w), stride, padding, dilation, dtype)
     padded = _padded_rows(input, offset_groups, dtype)  # (rows, C_in/og)
+    # torchvision reads nothing on the lines y = -1 and x = -1 (the value is 0 there, only the gradient is not)
+    index = torch.where(samples.edge.unsqueeze(1), padded.shape[0] - 1, samples.index)  # (S, 4)
+    weights = samples.weights
     matrix = _weight_matrix(weight, groups, dtype)  # (groups, C_out/groups, K * C_in/groups)
     out = input.new_empty((pixels, out_channels), dtype=dtype)  # (N * H_out * W_out, C_out)
     step = _chunk_pixels(input, weight)
@@ -205,7 +229,7 @@ def _backward(
     pixels = batch * out_h * out_w
     need_samples = need_offset or need_mask  # gradient of the blend weights
 
-    index, weights, frac_y, frac_x, scale, valid = _samples(
+    index, weights, frac_y, frac_x, scale, valid, _ = _samples(
         list(input.shape), offset, mask, (k_h, k_w), stride, padding, dilation, dtype
     )
     padded = _padded_rows(input, offset_groups, dtype)  # (rows, C_in/og)
@@ -254,7 +278,8 @@ def _backward(
     grad_input = input.new_empty(0)
     if need_input:
         # (N * og * (H+2) * (W+2), C_in/og) -> interior (N, og, H, W, C_in/og) -> (N, C_in, H, W)
-        grad_padded = grad_padded.view(batch, offset_groups, height + 2, width + 2, og_channels)
+        # (the last, all-zero row only collects the gradients of the samples outside the image)
+        grad_padded = grad_padded[:-1].view(batch, offset_groups, height + 2, width + 2, og_channels)
         grad_padded = grad_padded[:, :, 1:-1, 1:-1].permute(0, 1, 4, 2, 3)
         grad_input = grad_padded.reshape(batch, in_channels, height, width).to(input.dtype)
     grad_weight = weight.new_empty(0)

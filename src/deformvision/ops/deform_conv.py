@@ -22,6 +22,15 @@ Coordinate conventions
   derivative from the right, as in torchvision's backward kernel (also at ``y = -1`` or ``x = -1``,
   where the value is 0 but moving right enters the image).
 
+Non-finite values
+-----------------
+As in torchvision, a NaN/inf input pixel reaches the outputs whose bilinear samples read it, including
+with a zero bilinear weight (an integer location also reads the next row and column), and every output
+channel of its convolution group there; it never reaches a sample outside the image or on the lines
+``y = -1`` / ``x = -1``, which read nothing. A ``+-inf`` offset moves its sample outside the image (zero).
+A NaN offset makes the output pixels that use its sample NaN (torchvision's kernel reads out of bounds
+there).
+
 Precision
 ---------
 float16 and bfloat16 inputs are computed in float32 (sample locations, bilinear weights, columns and
@@ -43,23 +52,40 @@ import torch
 from torch import Tensor
 
 from deformvision.ops._deform_conv_impl import _backward, _forward
+from deformvision.ops._validation import check_tensor
 
 
-def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """Return ``(value, value)`` for an int, or the two ints of a pair (scriptable)."""
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, tuple):
-        if not torch.jit.is_scripting():  # a script's tuple type already fixes the length and type
-            if len(value) != 2 or not all(isinstance(v, int) for v in value):
-                raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
-        return value[0], value[1]
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+def _check_int_or_pair(value: object, name: str, minimum: int) -> None:
+    """A ValueError unless ``value`` is an int or a tuple/list of ints, bools excluded (not scriptable)."""
+
+    def is_int(item: object) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    if not (is_int(value) or (isinstance(value, (tuple, list)) and all(is_int(item) for item in value))):
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str, minimum: int) -> tuple[int, int]:
+    """``(value, value)`` for an int, or the two ints of a pair; a ValueError unless both are >= ``minimum``.
+
+    Scriptable (a script's argument types already exclude floats, bools and other types).
+    """
     if not torch.jit.is_scripting():
-        if not all(isinstance(v, int) for v in value):
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
-    return value[0], value[1]
+        _check_int_or_pair(value, name, minimum)
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, tuple):
+        if not torch.jit.is_scripting():  # a script's tuple type already fixes the length
+            if len(value) != 2:
+                raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value}")
+        pair = (value[0], value[1])
+    else:
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value}")
+        pair = (value[0], value[1])
+    if pair[0] < minimum or pair[1] < minimum:
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value}")
+    return pair
 
 
 def _shape(tensor: Tensor) -> str:
@@ -105,13 +131,9 @@ def _check_arguments(
             raise ValueError(f"bias ({bias.dtype}, {bias.device}) does not match input ({input.dtype}, {input.device})")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {_shape(bias)}")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(
-            f"stride and dilation must be positive and padding non-negative, "
-            f"got stride={stride}, padding={padding}, dilation={dilation}"
-        )
-
     batch, in_channels, height, width = input.shape
+    if in_channels == 0:
+        raise ValueError(f"input must have at least one channel (N, C_in >= 1, H, W), got shape {_shape(input)}")
     out_channels, group_channels, k_h, k_w = weight.shape
     if group_channels == 0 or k_h == 0 or k_w == 0:
         raise ValueError(f"weight must have non-zero in-channel and kernel sizes, got shape {_shape(weight)}")
@@ -285,12 +307,17 @@ def deform_conv2d(
         ``(N, C_out, H_out, W_out)`` with ``H_out = (H + 2 * pad_h - dilation_h * (kH - 1) - 1)
         // stride_h + 1`` and likewise ``W_out``, as for :func:`torch.nn.functional.conv2d`.
 
+    Batch 0 gives an empty ``(0, C_out, H_out, W_out)`` output, as ``torch.nn.functional.conv2d`` does.
+
     Raises:
-        ValueError: on wrong ranks, shapes, group divisibility, dtypes or devices.
+        TypeError: ``input``, ``offset`` or ``weight`` is not a tensor, or ``bias`` / ``mask`` neither a
+            tensor nor ``None``.
+        ValueError: on wrong ranks, shapes, group divisibility, dtypes or devices; ``stride`` or ``dilation``
+            not positive ints (or pairs of them), ``padding`` not non-negative ones.
     """
-    stride_h, stride_w = _pair(stride, "stride")
-    pad_h, pad_w = _pair(padding, "padding")
-    dilation_h, dilation_w = _pair(dilation, "dilation")
+    stride_h, stride_w = _pair(stride, "stride", 1)
+    pad_h, pad_w = _pair(padding, "padding", 0)
+    dilation_h, dilation_w = _pair(dilation, "dilation", 1)
     if not torch.jit.is_scripting():
         if _fx_symbolic_tracing():
             # Traced from a module where this function is not wrapped (FX patches the wrapped name only
@@ -298,6 +325,10 @@ def deform_conv2d(
             return torch.ops.deformvision.deform_conv2d(
                 input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
             )
+        for name, tensor in (("input", input), ("offset", offset), ("weight", weight)):
+            check_tensor(name, tensor)
+        check_tensor("bias", bias, optional=True)
+        check_tensor("mask", mask, optional=True)
     _check_arguments(input, offset, weight, bias, mask, (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w))
     return torch.ops.deformvision.deform_conv2d(
         input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
