@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, RetinaNet
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from deformvision._atomic import save_image_atomic, write_json_atomic
 from deformvision.convert.checkpoint import head_num_classes
 from deformvision.data import ADE20K_CLASSES, DIGITS_SEMANTIC_CLASSES, IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
@@ -426,7 +427,8 @@ def predict_files(
     ``{"label", "class", "score"}``. The PNGs show the image (enlarged to a shorter side of at least 384
     pixels) with the boxes and names, or the best class as a title.
 
-    Images are read ``batch_size`` at a time; ``predictions.json`` is written once all are done.
+    Images are read ``batch_size`` at a time; ``predictions.json`` is written once all are done. Every file is
+    written atomically (a crash leaves the previous file or the new one).
 
     Raises:
         ValueError: naming the file, for an image that cannot be decoded (``predictions.json`` is not written).
@@ -456,7 +458,7 @@ def predict_files(
         else:
             results = predictor.classify(batch, top_k)
         for file, png, image, result in zip(files[start:], pngs[start:], batch, results, strict=False):
-            _annotate(predictor, image, result).save(output_dir / png)
+            save_image_atomic(_annotate(predictor, image, result), output_dir / png)
             record = {"file": str(file), "width": image.width, "height": image.height, "png": png}
             if predictor.task == "detection":
                 record.update(_detection_record(predictor, result))
@@ -464,7 +466,7 @@ def predict_files(
                 record.update(_instance_record(predictor, result))
             elif predictor.task == "semantic":
                 record.update(_semantic_record(predictor, result, png))
-                Image.fromarray(result.to(torch.uint8).numpy()).save(output_dir / record["label_map"])
+                save_image_atomic(Image.fromarray(result.to(torch.uint8).numpy()), output_dir / record["label_map"])
             else:
                 record.update(_classification_record(predictor, result))
             records.append(record)
@@ -474,6 +476,4 @@ def predict_files(
         summary["score_threshold"] = score_threshold
     elif predictor.task == "classification":
         summary["top_k"] = top_k
-    path = output_dir / PREDICTIONS_FILE
-    path.write_text(json.dumps({**summary, "images": records}, indent=1) + "\n")
-    return path
+    return write_json_atomic(output_dir / PREDICTIONS_FILE, {**summary, "images": records})

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from deformvision._atomic import atomic_write
 from deformvision.engine import checkpoint as ckpt
 from deformvision.engine.checkpoint import (
     CheckpointManager,
-    atomic_write,
     capture_rng_state,
     find_checkpoint,
     load_training_state,

@@ -126,7 +126,7 @@ def test_unreachable_weights_say_what_to_do(tmp_path):
     url = (tmp_path / "missing.pth").as_uri()
     with pytest.raises(RuntimeError, match="cannot download pretrained weights .* pass checkpoint=PATH"):
         dv.create_model("dat_tiny", pretrained=True, pretrained_cfg_overlay={"url": url}, cache_dir=tmp_path / "c")
-    assert not list((tmp_path / "c").glob("*.partial"))
+    assert not list((tmp_path / "c").glob(".*.tmp-*"))  # the temporary of the failed download is removed
 
 
 def test_url_fragment_must_be_a_sha256():

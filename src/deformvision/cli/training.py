@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from deformvision._atomic import write_text_atomic
 from deformvision.cli._common import _error, _positive_int
 from deformvision.engine import ConfigError, TrainConfig, Trainer, config_to_dict, evaluate, load_config
 from deformvision.engine.distributed import destroy_distributed, is_main_process
@@ -212,5 +213,5 @@ def _run_eval(args: argparse.Namespace) -> int:
         text = json.dumps(metrics, indent=2)
         print(text)
         if args.output:
-            Path(args.output).write_text(text + "\n")
+            write_text_atomic(args.output, text + "\n")
     return 0

@@ -6,8 +6,6 @@ that the converted state dict fits it exactly, and writes the file atomically.
 """
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
+from deformvision._atomic import atomic_write
 from deformvision.models import create_model, read_state_dict
 from deformvision.models._checkpoint import check_state_dict
 from deformvision.models.deformable_detr._hf_names import (
@@ -134,20 +133,13 @@ def infer_model(state_dict: dict[str, Tensor]) -> str:
 
 
 def save_safetensors(state_dict: dict[str, Tensor], path: str | PathLike, metadata: dict[str, str]) -> None:
-    """Write ``state_dict`` to the safetensors file ``path`` atomically (a temporary file, then ``os.replace``).
+    """Write ``state_dict`` to the safetensors file ``path`` atomically (:func:`~deformvision._atomic.atomic_write`).
 
     Tensors are copied to contiguous CPU memory first (safetensors refuses tensors that share memory).
     """
     path = Path(path)
     tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def head_num_classes(state_dict: dict[str, Tensor]) -> int | None:

@@ -6,16 +6,14 @@ weights, loadable with ``create_model(name, checkpoint=...)``) and ``step_<globa
 epoch and position in it, RNG states of every process, sampler settings). ``<run>/last_checkpoint.json``
 names the newest complete pair.
 
-Every file is written to a temporary name in the same folder, flushed to disk and renamed over its
-target (``os.replace``, atomic on POSIX), and the pointer is replaced only after both files are
+Every file is written with :func:`deformvision._atomic.atomic_write` (a temporary name in the same folder,
+flushed to disk and renamed over its target), and the pointer is replaced only after both files are
 complete. A crash at any moment (even SIGKILL) leaves the previous checkpoint and pointer intact; stale
 temporary files are removed by the next save. Training states are read with ``weights_only=True``.
 """
 
 import json
-import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from deformvision._atomic import atomic_write, remove_stale_temporaries, write_json_atomic
+
 POINTER = "last_checkpoint.json"
 CHECKPOINT_DIR = "checkpoints"
-_TMP_TAG = ".tmp-"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then atomically rename it to ``path``.
-
-    Readers see either the old file or the complete new one. If ``write`` raises, the temporary file
-    is removed, ``path`` is untouched and the error propagates.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -104,8 +72,7 @@ class CheckpointManager:
     def save(self, weights: dict[str, torch.Tensor], state: dict[str, Any], step: int) -> Path:
         """Write the checkpoint of global step ``step``; return the pointer's path."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(f".*{_TMP_TAG}*"):  # left by a killed save
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(self.folder)  # left by a killed save
         stem = f"step_{step:09d}"
         save_weights(weights, self.folder / f"{stem}.safetensors")
         atomic_write(self.folder / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
@@ -114,7 +81,7 @@ class CheckpointManager:
             "global_step": step, "epoch": state.get("epoch"), "epoch_complete": state.get("epoch_complete"),
         }  # fmt: skip
         pointer = self.run_dir / POINTER
-        atomic_write(pointer, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        write_json_atomic(pointer, record, indent=2)
         self._prune(keep_stem=stem)
         return pointer
 

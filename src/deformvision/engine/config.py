@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
+from deformvision._atomic import write_text_atomic
 from deformvision.data.transforms_det import COCO_SCALES
-from deformvision.engine.checkpoint import atomic_write
 
 
 class ConfigError(ValueError):
@@ -371,7 +371,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as YAML, atomically (a crash leaves the previous file or the new one)."""
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    write_text_atomic(path, text)
 
 
 def _plain(value: Any) -> Any:

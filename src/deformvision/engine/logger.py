@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from deformvision._atomic import append_lines
 from deformvision.engine.distributed import all_reduce_sum
 
 
@@ -70,13 +71,16 @@ class RunLogger:
         self.bar: tqdm | None = None
 
     def write(self, record: dict[str, Any], text: str | None = None) -> None:
-        """Append ``record`` (with a ``time`` stamp) to the log file and print ``text`` (unless a bar shows)."""
+        """Append ``record`` (with a ``time`` stamp) to the log file and print ``text`` (unless a bar shows).
+
+        The log is append-only, so not replaced atomically: each record is one write of a whole line,
+        flushed at once (:func:`~deformvision._atomic.append_lines`); a crash loses at most that line.
+        """
         if not self.enabled:
             return
         record = {**record, "time": round(time.time(), 3)}
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_lines(self.path, [json.dumps(record)])
         if text is not None:
             self.print(text, quiet_with_bar=True)
 

@@ -10,7 +10,7 @@ convention): the downloaded file must then have exactly that digest. Without a p
 first download's digest is recorded beside the cached file and every later load must match it.
 
 Flow of ``pretrained=True``: download (with a progress bar) to a temporary file in the cache
-directory -> SHA-256 check -> atomic rename into the cache -> read and convert with the model's
+directory -> SHA-256 check -> fsync and atomic rename into the cache -> read and convert with the model's
 ``checkpoint_filter`` (official and Hugging Face layouts) -> strict load. Once cached, nothing
 touches the network, so it works offline.
 
@@ -20,7 +20,6 @@ one timm and torchvision use) unless ``cache_dir`` is given.
 
 import hashlib
 import logging
-import os
 import re
 from os import PathLike
 from pathlib import Path
@@ -33,6 +32,7 @@ from timm.models import PretrainedCfg
 from torch import nn
 from tqdm import tqdm
 
+from deformvision._atomic import atomic_write, write_text_atomic
 from deformvision.models._checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -110,22 +110,22 @@ def cached_weights(url: str, name: str, cache_dir: str | PathLike | None = None,
     actual = _download(address, path, expected, progress)
     if expected is None:
         logger.warning("weights %s have no pinned SHA-256; recorded %s from the first download", name, actual)
-        _write_atomic(record, actual + "\n")
+        write_text_atomic(record, actual + "\n")
     return path
 
 
 def _download(address: str, path: Path, expected: str | None, progress: bool) -> str:
-    """Download ``address`` to ``path`` atomically (temporary file + fsync + rename); return its SHA-256.
+    """Download ``address`` to ``path`` atomically (:func:`~deformvision._atomic.atomic_write`); return its SHA-256.
 
     A file whose digest is not ``expected`` (when given) is deleted and never reaches ``path``.
     """
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
-    try:
+
+    def write(tmp: Path) -> None:
         with urlopen(Request(address, headers={"User-Agent": "deformvision"})) as response:
             total = response.headers.get("Content-Length")
             with (
-                open(partial, "wb") as f,
+                open(tmp, "wb") as f,
                 tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
                      desc=path.name, disable=not progress) as bar,
             ):  # fmt: skip
@@ -133,32 +133,20 @@ def _download(address: str, path: Path, expected: str | None, progress: bool) ->
                     f.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
+        if expected is not None and digest.hexdigest() != expected:
+            raise ValueError(
+                f"downloaded weights from {address} have SHA-256 {digest.hexdigest()}, expected {expected}: "
+                "refused (the file is not the published one, or the download was damaged)"
+            )
+
+    try:
+        atomic_write(path, write)
     except (URLError, OSError) as err:
-        partial.unlink(missing_ok=True)
         raise RuntimeError(
             f"cannot download pretrained weights from {address}: {err}. Without network, download the "
             f"file elsewhere and pass checkpoint=PATH (or --checkpoint), or copy it to {path}"
         ) from err
-    actual = digest.hexdigest()
-    if expected is not None and actual != expected:
-        partial.unlink()
-        raise ValueError(
-            f"downloaded weights from {address} have SHA-256 {actual}, expected {expected}: refused "
-            "(the file is not the published one, or the download was damaged)"
-        )
-    os.replace(partial, path)
-    return actual
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with open(partial, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    return digest.hexdigest()
 
 
 def load_pretrained(
