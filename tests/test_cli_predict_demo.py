@@ -17,7 +17,7 @@ from timm.data import ImageNetInfo
 import deformvision as dv
 from deformvision.cli import main
 from deformvision.data import build_digits_detection
-from deformvision.demo import RECIPE, demo_config
+from deformvision.demo import demo_config, demo_recipe
 from deformvision.engine import STAT_NAMES, build_model, build_transforms, load_config, save_config
 from deformvision.models._pretrained import weights_path
 from deformvision.recipes import recipe_path
@@ -72,7 +72,7 @@ def test_predict_writes_json_and_pngs_for_a_folder(run_dir: Path, two_images: Pa
     assert [Path(image["file"]).name for image in result["images"]] == ["a.png", "b.jpg"]
     for image, size, scale in zip(result["images"], [(128, 128), (160, 96)], [3, 4], strict=True):
         assert (image["width"], image["height"]) == size
-        assert len(image["detections"]) == 80  # RECIPE's num_select pairs of (8 queries x 10 classes), threshold 0
+        assert len(image["detections"]) == 80  # the recipe's num_select pairs of (8 queries x 10 classes), threshold 0
         scores = [d["score"] for d in image["detections"]]
         assert scores == sorted(scores, reverse=True)
         for detection in image["detections"]:
@@ -144,7 +144,7 @@ def test_the_config_file_is_the_demo_recipe():
     recipe = demo_config(Path("run"), Path("data"), seed=0)
     assert config.model == recipe.model
     assert config.aug == recipe.aug and config.optim == recipe.optim and config.loss == recipe.loss
-    assert config.data.batch_size == RECIPE["data"]["batch_size"] and config.threads == recipe.threads
+    assert config.data.batch_size == demo_recipe()["data"]["batch_size"] and config.threads == recipe.threads
     # training images are resized only: a mirrored digit is not that digit
     steps = build_transforms(config, train=True).transforms
     names = [type(t).__name__ for t in steps]

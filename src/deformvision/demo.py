@@ -22,23 +22,26 @@ writes into the output directory:
   points of the DAT backbone's deformable blocks, and the multi-scale deformable attention sampling
   locations of the decoder's best queries.
 
-Training is bounded by wall-clock time: the learning-rate schedule follows the fraction of the budget used
-(warmup, then ``x0.1`` for the last fifth), training stops when the budget is spent, and evaluation follows.
-With ``epochs`` the schedule follows the steps instead.
+Each demo is a recipe plus a budget: ``deformvision/recipes/demo_<task>.yaml`` trained by the library's
+:class:`~deformvision.engine.Trainer` for a wall-clock budget (``schedule.max_seconds``): the learning-rate
+schedule follows the fraction of the budget used (warmup, then ``x0.1`` for the last fifth), training stops
+when the budget is spent, and evaluation follows. With ``epochs`` the schedule follows the steps instead.
 """
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
 from torchvision.ops import box_convert
 
+from deformvision._atomic import save_image_atomic, write_json_atomic
 from deformvision.data import (
     DIGITS_SEMANTIC_CLASSES,
     build_digits_detection,
@@ -46,22 +49,10 @@ from deformvision.data import (
     build_digits_semantic,
 )
 from deformvision.data._image import load_rgb
-from deformvision.engine import (
-    DataBundle,
-    TrainConfig,
-    build_data,
-    build_loader,
-    build_model,
-    build_task,
-    build_transforms,
-)
-from deformvision.engine.builders import Task
-from deformvision.engine.checkpoint import save_weights
-from deformvision.engine.config import config_from_dict, save_config
-from deformvision.engine.data import EpochSampler, ShardSampler, make_generator
-from deformvision.engine.optim import build_optimizer
+from deformvision.engine import TrainConfig, build_transforms
+from deformvision.engine.config import config_from_dict
 from deformvision.engine.run_dir import RUN_CONFIG
-from deformvision.engine.trainer import FINAL_WEIGHTS, seed_everything
+from deformvision.engine.trainer import FINAL_WEIGHTS, Trainer
 from deformvision.models.deformable_detr import DeformableDETR
 from deformvision.predict import Predictor, predict_files
 from deformvision.viz import (
@@ -78,67 +69,13 @@ from deformvision.viz import (
 DEFAULT_OUTPUT_DIR = "deformvision_demo"
 DEFAULT_MINUTES = 8.0
 SCORE_THRESHOLD = 0.3
-WARMUP_STEPS = 50
-LR_DROP_AT = 0.8  # fraction of the budget (or of the steps) after which the learning rate is x0.1
 PICTURE_SCALE = 4  # 128-pixel images drawn 512 pixels wide
 NUM_PREDICTION_PNGS = 8
 
-# The training recipe (as configs/deformable_detr_digits.yaml, whose schedule is in epochs instead).
-RECIPE: dict[str, Any] = {
-    "model": {"name": "deformable_detr_dat_digits"},
-    "data": {"task": "detection", "format": "coco", "train_split": "train/images", "val_split": "val/images",
-             "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json",
-             "batch_size": 8, "num_workers": 0},
-    # multi-scale resize only: no flip (a mirrored digit is not that digit), no crop branch
-    "aug": {"scales": [128], "max_size": 128, "hflip": 0.0, "crop": None, "val_size": 128},
-    "optim": {"lr": 1.0e-3, "lr_mults": {"sampling_offsets": 0.1, "reference_points": 0.1}, "weight_decay": 1.0e-4,
-              "no_decay_1d": False, "clip_grad": 0.1},
-    "loss": {"num_select": 100},
-    "device": "cpu",
-    "threads": 1,  # a small model: a second thread gains little, and on a shared core OpenMP spin-waits (35x slower)
-}  # fmt: skip
-
-
-# The small DAT of the dense demos (as deformable_detr_dat_digits'): window attention in stages 0-1, deformable
-# attention in stages 2-3 (8x8 and 4x4 maps at 128 pixels).
-_DIGITS_DAT: dict[str, Any] = {
-    "img_size": 128, "dims": [32, 64, 128, 256], "depths": [1, 1, 2, 2], "heads": [1, 2, 4, 8],
-    "groups": [-1, -1, 2, 4], "window_sizes": [8, 8, 8, 4], "stage_spec": [["L"], ["S"], ["L", "D"], ["L", "D"]],
-}  # fmt: skip
-SEMANTIC_RECIPE: dict[str, Any] = {
-    "model": {"name": "semantic_fpn_dat_tiny",
-              "kwargs": {"backbone_kwargs": _DIGITS_DAT, "drop_path_rate": 0.0, "fpn_channels": 64, "head_channels": 64,
-                         "class_weight": [0.2] + [1.0] * 10}},  # background, most pixels, weighs less
-    "data": {"task": "semantic", "format": "segmentation_folder", "num_classes": 11, "batch_size": 8,
-             "eval_batch_size": 1, "num_workers": 0},
-    # mild scale jitter (0.75-1.33x) with 96-pixel crops; no flip (a mirrored digit is another digit); background
-    # is a class here (most of every crop), so no cat_max_ratio redraws
-    "aug": {"seg_scale": [256, 128], "seg_ratio_range": [0.75, 1.33], "seg_crop": [96, 96], "cat_max_ratio": 1.0,
-            "hflip": 0.0, "photometric": True},
-    "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "clip_grad": 1.0},
-    "device": "cpu",
-    "threads": 1,
-}  # fmt: skip
-INSTANCE_RECIPE: dict[str, Any] = {
-    "model": {"name": "mask_rcnn_dat_tiny",
-              "kwargs": {"backbone_kwargs": _DIGITS_DAT, "drop_path_rate": 0.0, "min_size": 128, "max_size": 128,
-                         "fpn_channels": 64, "representation_size": 256, "mask_channels": 64,
-                         "anchor_sizes": [8, 16, 32, 64, 128],  # digits of 8-40 pixels
-                         # fewer proposals and sampled RoIs than for COCO: <= 6 objects per image, 2.8x faster steps
-                         "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
-                         "box_batch_size_per_image": 128}},
-    "data": {"task": "instance", "format": "coco", "train_split": "train/images", "val_split": "val/images",
-             "train_annotations": "annotations/train.json", "val_annotations": "annotations/val.json",
-             "batch_size": 8, "num_workers": 0},
-    "aug": {"hflip": 0.0, "crop": None},
-    "optim": {"lr": 5.0e-4, "weight_decay": 0.05, "clip_grad": 1.0},
-    "device": "cpu",
-    "threads": 1,
-}  # fmt: skip
-RECIPES: dict[str, dict[str, Any]] = {"detection": RECIPE, "instance": INSTANCE_RECIPE, "semantic": SEMANTIC_RECIPE}
 DATASETS: dict[str, Callable[..., Path]] = {
     "detection": build_digits_detection, "instance": build_digits_instance, "semantic": build_digits_semantic,
 }  # fmt: skip
+TASKS = tuple(DATASETS)
 
 
 @dataclass
@@ -154,92 +91,50 @@ class DemoResult:
     files: dict[str, Path]
 
 
-def demo_config(output_dir: Path, data_root: Path, seed: int, task: str = "detection") -> TrainConfig:
-    """The ``task``'s recipe (:data:`RECIPES`) for a dataset at ``data_root`` (the digits layout) and a run in
-    ``output_dir``."""
-    if task not in RECIPES:
-        raise ValueError(f"task must be one of {sorted(RECIPES)}, got {task!r}")
-    raw = json.loads(json.dumps(RECIPES[task]))  # a deep copy
+def demo_recipe(task: str = "detection") -> dict[str, Any]:
+    """The ``task``'s training recipe, ``deformvision/recipes/demo_<task>.yaml``, as a nested dict.
+
+    Raises:
+        ValueError: ``task`` is not one of :data:`TASKS`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return yaml.safe_load((files("deformvision") / "recipes" / f"demo_{task}.yaml").read_text(encoding="utf-8"))
+
+
+def demo_config(
+    output_dir: Path,
+    data_root: Path,
+    seed: int,
+    task: str = "detection",
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    epochs: int | None = None,
+) -> TrainConfig:
+    """The ``task``'s recipe (:func:`demo_recipe`) for a dataset at ``data_root`` (the digits layout), a run in
+    ``output_dir`` (an earlier demo's run there is replaced) and a budget of ``minutes`` of training, or
+    ``epochs`` (which wins).
+
+    Raises:
+        ValueError: ``task`` is unknown, or ``minutes`` / ``epochs`` is not positive.
+    """
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if epochs is None and not minutes > 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    raw = demo_recipe(task)
     raw["data"]["root"] = str(data_root.resolve())
-    raw.update(output_dir=str(output_dir), seed=seed)
+    raw.update(output_dir=str(output_dir), seed=seed, overwrite=True)
+    if epochs is not None:  # the schedule follows the steps of the epochs
+        raw["schedule"].update(epochs=epochs, max_seconds=0.0, max_steps=0)
+    else:
+        raw["schedule"].update(max_seconds=minutes * 60.0, max_steps=0)
     return config_from_dict(raw)
 
 
 def print_now(line: str) -> None:
     """Print ``line`` and flush (progress shows at once when the output goes to a file or a pipe)."""
     print(line, flush=True)
-
-
-def lr_factor(step: int, progress: float) -> float:
-    """The learning-rate multiplier at optimizer ``step`` and ``progress`` (fraction of the run done)."""
-    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-    return warmup * (0.1 if progress >= LR_DROP_AT else 1.0)
-
-
-@dataclass
-class TrainingRun:
-    """What :func:`train_bounded` did: optimizer steps, epochs (fractional), seconds and the loss log."""
-
-    steps: int
-    epochs: float
-    seconds: float
-    log: list[dict[str, float]]
-
-
-def train_bounded(
-    config: TrainConfig,
-    data: DataBundle,
-    model: torch.nn.Module,
-    task: Task,
-    *,
-    seconds: float | None = None,
-    epochs: int | None = None,
-    log: Callable[[str], None] = print_now,
-) -> TrainingRun:
-    """Train ``model`` for ``seconds`` of wall-clock time or for ``epochs`` (exactly one of them).
-
-    AdamW with the config's parameter groups and gradient clipping; the learning rates follow
-    :func:`lr_factor` of the progress: the elapsed fraction of ``seconds``, or the fraction of the steps of
-    ``epochs`` done. The mean loss is logged twice per epoch.
-    """
-    if (seconds is None) == (epochs is None):
-        raise ValueError("give exactly one of seconds and epochs")
-    device = torch.device(config.device)
-    optimizer = build_optimizer(model, config.optim)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    sampler = EpochSampler(len(data.train), config.data.batch_size, seed=config.seed)
-    loader = build_loader(data.train, sampler, config, train=True, device=device)
-    total_steps = epochs * sampler.num_batches if epochs is not None else None
-    interval = max(1, sampler.num_batches // 2)
-    model.train()
-    start, step, epoch, losses, records = time.perf_counter(), 0, 0, [], []
-    while True:
-        sampler.set_epoch(epoch)
-        data.train.set_epoch(epoch)
-        for batch_index, batch in enumerate(loader):
-            elapsed = time.perf_counter() - start
-            progress = step / total_steps if total_steps is not None else elapsed / seconds
-            if progress >= 1.0:
-                return TrainingRun(step, epoch + batch_index / sampler.num_batches, elapsed, records)
-            factor = lr_factor(step, progress)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base_lr * factor
-            loss, _ = task.train_loss(model, batch, device, make_generator(config.seed, epoch, batch_index))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-            if step % interval == 0:
-                mean_loss, losses = sum(losses) / len(losses), []
-                epochs_done = epoch + (batch_index + 1) / sampler.num_batches
-                records.append({"step": step, "epoch": round(epochs_done, 3), "time_s": round(elapsed, 1),
-                                "loss": round(mean_loss, 4), "lr_factor": factor})  # fmt: skip
-                log(f"step {step:5d}  epoch {epochs_done:5.1f}  {elapsed:5.0f} s  loss {mean_loss:.3f}  lr x{factor:g}")
-        epoch += 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,6 +198,9 @@ def run_demo(
 ) -> DemoResult:
     """Build the data, train for ``minutes`` (or ``epochs``, which wins), evaluate, write predictions and pictures.
 
+    Training is :class:`~deformvision.engine.Trainer` on the task's recipe (:func:`demo_config`) with the
+    budget; its progress lines and the evaluation go to stdout.
+
     Args:
         output_dir: where everything goes (created; files of an earlier demo are replaced).
         task: ``"detection"``, ``"instance"`` or ``"semantic"`` (see the module docstring).
@@ -311,42 +209,34 @@ def run_demo(
         seed: the training seed (initialisation, data order, augmentation); the dataset is always the built-in one.
         num_train, num_val: canvases of the training and validation splits (1000 and 200: the built-in set).
         threads: CPU threads (``torch.set_num_threads``, for the whole process); default the recipe's 1.
-        log: where progress lines go.
+        log: where the demo's own progress lines go.
+
+    Raises:
+        ValueError: ``task``, ``minutes`` or ``epochs`` is invalid, or ``output_dir`` holds another dataset.
     """
-    if task not in RECIPES:
-        raise ValueError(f"task must be one of {sorted(RECIPES)}, got {task!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_root = output_dir / "data" / f"digits_{task}_{num_train}_{num_val}"
+    config = demo_config(output_dir, data_root, seed, task, minutes=minutes, epochs=epochs)
+    config.threads = threads or config.threads
     log(f"building the digits {task} set ({num_train} train / {num_val} val canvases) in {data_root}")
     DATASETS[task](data_root, num_train=num_train, num_val=num_val)
-    config = demo_config(output_dir, data_root, seed, task)
-    config.threads = threads or config.threads
-    torch.set_num_threads(config.threads)
-    save_config(config, output_dir / RUN_CONFIG)
-    data = build_data(config)
+    trainer = Trainer(config)
+    model, data = trainer.model, trainer.data
     if task == "semantic":  # a segmentation folder has no class names; these are the built-in set's
         data.class_names = list(DIGITS_SEMANTIC_CLASSES)
-    seed_everything(seed)
-    model = build_model(config, data.num_classes)
-    task_runner = build_task(config, data, model)
     budget = f"{epochs} epoch(s)" if epochs is not None else f"{minutes:g} minute(s)"
     log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
-        f"for {budget} on {torch.get_num_threads()} CPU thread(s)")  # fmt: skip
-    run = train_bounded(config, data, model, task_runner, seconds=None if epochs is not None else minutes * 60,
-                        epochs=epochs, log=log)  # fmt: skip
+        f"for {budget} on {torch.get_num_threads()} CPU thread(s), then evaluating on the {len(data.val)} "
+        "validation images")  # fmt: skip
+    metrics = trainer.fit()
     files = {"run config": output_dir / RUN_CONFIG, "weights": output_dir / FINAL_WEIGHTS,
              "training log": output_dir / "log.jsonl", "metrics": output_dir / "metrics.json"}  # fmt: skip
-    save_weights(model.state_dict(), files["weights"])
-    files["training log"].write_text("".join(json.dumps(record) + "\n" for record in run.log))
 
-    log(f"evaluating on the {len(data.val)} validation images")
-    device = torch.device(config.device)
-    val_loader = build_loader(data.val, ShardSampler(len(data.val)), config, train=False, device=device)
-    metrics = task_runner.evaluate(model, val_loader, device)
-
-    predictor = Predictor(model.eval(), config, data.class_names, device, files["weights"])
+    predictor = Predictor(model.eval(), config, data.class_names, trainer.device, files["weights"])
     val_images = sorted((data_root / "val" / "images").glob("*.png"))[:NUM_PREDICTION_PNGS]
     files["predictions"] = predict_files(predictor, val_images, output_dir / "predictions",
                                          score_threshold=SCORE_THRESHOLD)  # fmt: skip
@@ -354,14 +244,15 @@ def run_demo(
         records = json.loads(files["predictions"].read_text())["images"]
         busiest = max(records, key=lambda record: len(record["detections"]))  # the richest picture
         figure = sampling_points_figure(model, load_rgb(Path(busiest["file"])), config, data.class_names)
-        files["sampling points"] = output_dir / "sampling_points.png"
-        figure.save(files["sampling points"])
+        files["sampling points"] = save_image_atomic(figure, output_dir / "sampling_points.png")
 
     total = time.perf_counter() - start
+    steps, epochs_done = trainer.global_step, trainer.global_step / trainer.steps_per_epoch
     summary = {
-        "task": task, **({"coco": metrics} if task == "detection" else metrics), "steps": run.steps,
-        "epochs": round(run.epochs, 2), "train_seconds": round(run.seconds, 1), "total_seconds": round(total, 1),
-        "threads": torch.get_num_threads(), "num_train": num_train, "num_val": num_val, "seed": seed,
+        "task": task, **({"coco": metrics} if task == "detection" else metrics), "steps": steps,
+        "epochs": round(epochs_done, 2), "train_seconds": round(trainer.train_seconds, 1),
+        "total_seconds": round(total, 1), "threads": torch.get_num_threads(), "num_train": num_train,
+        "num_val": num_val, "seed": seed,
     }  # fmt: skip
-    files["metrics"].write_text(json.dumps(summary, indent=1) + "\n")
-    return DemoResult(output_dir, metrics, run.steps, run.epochs, run.seconds, total, files)
+    write_json_atomic(files["metrics"], summary)
+    return DemoResult(output_dir, metrics, steps, epochs_done, trainer.train_seconds, total, files)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deformvision.demo import RECIPES
+from deformvision.demo import TASKS, demo_config
 from deformvision.engine.config import ConfigError, TrainConfig, config_from_dict, load_config
 
 
@@ -239,7 +239,8 @@ def test_step_schedule_ignores_min_lr_and_no_warmup_ignores_warmup_lr():
         load_config(None, ["schedule.name=step", "optim.lr=1e-7"])
 
 
-@pytest.mark.parametrize("task", sorted(RECIPES))
+@pytest.mark.parametrize("task", TASKS)
 def test_the_demo_recipes_are_valid(task, tmp_path):
-    config = config_from_dict({**RECIPES[task], "output_dir": str(tmp_path)})
-    assert config.data.task == task
+    for budget in ({"minutes": 8.0}, {"epochs": 1}):  # a time budget, or epochs
+        config = demo_config(tmp_path, tmp_path / "data", seed=0, task=task, **budget)
+        assert config.data.task == task

@@ -4,7 +4,7 @@ import argparse
 import json
 
 from deformvision.cli._common import _error, _json_object, _positive_int
-from deformvision.demo import DEFAULT_MINUTES, DEFAULT_OUTPUT_DIR, RECIPES, run_demo
+from deformvision.demo import DEFAULT_MINUTES, DEFAULT_OUTPUT_DIR, TASKS, run_demo
 from deformvision.engine import ConfigError
 from deformvision.predict import load_predictor, predict_files
 
@@ -123,7 +123,7 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--task", choices=sorted(RECIPES), default="detection",
+    parser.add_argument("--task", choices=sorted(TASKS), default="detection",
                         help="what the model learns (default: detection)")  # fmt: skip
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
                         help=f"where to write everything (default: ./{DEFAULT_OUTPUT_DIR})")  # fmt: skip

@@ -78,6 +78,7 @@ _POSITIVE = Rule(low=0, low_open=True)
 _NON_NEGATIVE = Rule(low=0)
 _COUNT = Rule(low=1)  # an int where 0 is meaningless (also sizes in pixels)
 _PROBABILITY = Rule(0, 1)
+_FRACTION = Rule(0, 1, low_open=True, high_open=True)  # a point strictly inside the run
 _TEXT = Rule(pattern=r"(?s).*\S.*", meaning="a non-empty string")
 _DEVICE = Rule(pattern=r"auto|cpu|mps|cuda(:\d+)?", meaning="auto, cpu, cuda, cuda:N or mps")
 
@@ -204,14 +205,25 @@ class ScheduleConfig:
     are ramped in linearly over ``warmup_epochs`` from ``warmup_lr / lr`` times their value (mmcv's
     linear warmup; set ``warmup_epochs: 0`` for none). ``warmup_lr`` and ``min_lr`` are relative to
     ``optim.lr`` (other groups and batch scaling follow proportionally); both are at most ``optim.lr``.
+
+    The run lasts ``epochs``, unless a budget is given: ``max_steps`` optimizer steps and/or
+    ``max_seconds`` of training (wall clock, evaluation and checkpoints not counted); it then ends when
+    the first budget is spent, mid-epoch if need be, and ``epochs`` is ignored. Schedules follow the
+    fraction of the run done: ``t / T`` above is that fraction (of the epochs' steps, or the larger
+    fraction of the budgets used); ``lr_drop_at`` drops the ``step`` schedule by ``gamma`` at fractions.
+    ``warmup_steps`` (when set) gives the warmup in steps instead of ``warmup_epochs``.
     """
 
     name: str = _key("cosine", Rule(choices=("cosine", "step", "poly")))
     epochs: int = _key(300, _COUNT)
+    max_steps: int = _key(0, _NON_NEGATIVE)  # a budget of optimizer steps (0: none)
+    max_seconds: float = _key(0.0, _NON_NEGATIVE)  # a budget of training seconds (0: none)
     warmup_epochs: float = _key(20.0, _NON_NEGATIVE)  # at most epochs
+    warmup_steps: int | None = _key(None, _NON_NEGATIVE)  # the warmup in optimizer steps instead of warmup_epochs
     warmup_lr: float = _key(1e-6, _NON_NEGATIVE)
     min_lr: float = _key(1e-5, _NON_NEGATIVE)
     lr_drop: tuple[int, ...] = _key((40,), _COUNT)
+    lr_drop_at: tuple[float, ...] = _key((), _FRACTION)  # step: also x gamma from these fractions of the run on
     gamma: float = _key(0.1, Rule(0, 1, low_open=True))
     power: float = _key(0.9, _POSITIVE)  # poly
 
@@ -339,7 +351,7 @@ def _check_relations(config: TrainConfig) -> None:
         _fail("data.format", data.format, f"must be one of {', '.join(_FORMATS[data.task])} for data.task {data.task}")
     if schedule.warmup_epochs > schedule.epochs:
         _fail("schedule.warmup_epochs", schedule.warmup_epochs, f"must be <= schedule.epochs ({schedule.epochs})")
-    if schedule.warmup_epochs > 0 and schedule.warmup_lr > optim.lr:
+    if (schedule.warmup_epochs > 0 or schedule.warmup_steps) and schedule.warmup_lr > optim.lr:
         _fail("schedule.warmup_lr", schedule.warmup_lr, f"must be <= optim.lr ({optim.lr:g}) to warm up to it")
     if schedule.name != "step" and schedule.min_lr > optim.lr:
         _fail("schedule.min_lr", schedule.min_lr, f"must be <= optim.lr ({optim.lr:g})")

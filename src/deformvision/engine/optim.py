@@ -10,7 +10,9 @@ Recipes (``configs/``):
   the same weight decay everywhere; StepLR (x0.1 at ``lr_drop`` epochs).
 
 Schedules are :class:`torch.optim.lr_scheduler.LambdaLR` multipliers of each group's own learning rate,
-stepped after every optimizer step, so their state (``last_epoch`` = steps done) resumes mid-epoch.
+stepped after every optimizer step, so their state (``last_epoch`` = steps done) resumes mid-epoch. They
+are called with the step and the fraction of the run done (``progress``): warmups count steps, decays
+follow the fraction, which a time budget makes a fraction of the time (:mod:`~deformvision.engine.budget`).
 """
 
 import math
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from deformvision.engine.budget import Budget
 from deformvision.engine.config import OptimConfig, ScheduleConfig, validate_section
 
 
@@ -102,8 +105,9 @@ class WarmupCosine:
     """Multiplier of the base learning rate at step ``t`` (timm's ``CosineLRScheduler``, ``t_in_epochs=False``).
 
     ``t < warmup_steps``: linear from ``warmup_factor`` (at ``t = 0``) towards 1; after it,
-    ``min_factor + (1 - min_factor) (1 + cos(pi t / total_steps)) / 2``; ``min_factor`` from
-    ``total_steps`` on. As in timm the cosine runs over the whole schedule, warmup included.
+    ``min_factor + (1 - min_factor) (1 + cos(pi p)) / 2`` with ``p`` the fraction of the run done
+    (``progress``, default ``t / total_steps``); ``min_factor`` from ``p = 1`` on. As in timm the cosine
+    runs over the whole schedule, warmup included.
     """
 
     total_steps: int
@@ -111,17 +115,19 @@ class WarmupCosine:
     warmup_factor: float = 0.0
     min_factor: float = 0.0
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, progress: float | None = None) -> float:
         if step < self.warmup_steps:
             return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
-        if step >= self.total_steps:
+        progress = step / self.total_steps if progress is None else progress
+        if progress >= 1.0:
             return self.min_factor
-        return self.min_factor + 0.5 * (1.0 - self.min_factor) * (1.0 + math.cos(math.pi * step / self.total_steps))
+        return self.min_factor + 0.5 * (1.0 - self.min_factor) * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
 class StepDecay:
-    """Multiplier ``gamma ** k`` at step ``t``, ``k`` the number of ``drop_epochs`` <= ``t // steps_per_epoch``.
+    """Multiplier ``gamma ** k`` at step ``t``, ``k`` the number of ``drop_epochs`` <= ``t // steps_per_epoch``
+    plus the number of ``drop_at`` fractions <= ``progress`` (the fraction of the run done).
 
     With one drop epoch this is StepLR(step_size=lr_drop) of Deformable DETR stepped per epoch (for
     the papers' schedules, where training ends before a second drop).
@@ -130,22 +136,27 @@ class StepDecay:
     steps_per_epoch: int
     drop_epochs: tuple[int, ...] = ()
     gamma: float = 0.1
+    drop_at: tuple[float, ...] = ()
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, progress: float | None = None) -> float:
+        if self.drop_at and progress is None:
+            raise ValueError(f"StepDecay with drop_at={self.drop_at} needs the progress of the run")
         epoch = step // self.steps_per_epoch
-        return self.gamma ** sum(epoch >= drop for drop in self.drop_epochs)
+        drops = sum(epoch >= drop for drop in self.drop_epochs) + sum(progress >= at for at in self.drop_at)
+        return self.gamma**drops
 
 
 @dataclass
 class PolyDecay:
-    """mmseg's poly schedule: ``min_factor + (1 - min_factor) (1 - t / total_steps) ** power`` (0 from the end on)."""
+    """mmseg's poly schedule: ``min_factor + (1 - min_factor) (1 - p) ** power`` (``min_factor`` from the end on),
+    ``p`` the fraction of the run done (``progress``, default ``t / total_steps``)."""
 
     total_steps: int
     power: float = 0.9
     min_factor: float = 0.0
 
-    def __call__(self, step: int) -> float:
-        remaining = max(0.0, 1.0 - step / self.total_steps)
+    def __call__(self, step: int, progress: float | None = None) -> float:
+        remaining = max(0.0, 1.0 - (step / self.total_steps if progress is None else progress))
         return self.min_factor + (1.0 - self.min_factor) * remaining**self.power
 
 
@@ -154,24 +165,42 @@ class LinearWarmup:
     """``schedule`` with its first ``warmup_steps`` ramped linearly from ``warmup_factor`` times it
     (mmcv's ``warmup='linear'``: the factor multiplies the schedule's own value)."""
 
-    schedule: Callable[[int], float]
+    schedule: Callable[[int, float | None], float]
     warmup_steps: int = 0
     warmup_factor: float = 0.0
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, progress: float | None = None) -> float:
         if step >= self.warmup_steps:
-            return self.schedule(step)
-        return self.schedule(step) * (self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps)
+            return self.schedule(step, progress)
+        ramp = self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
+        return self.schedule(step, progress) * ramp
+
+
+@dataclass
+class OnProgress:
+    """A schedule as a ``LambdaLR`` multiplier: ``schedule(step, progress(step))``."""
+
+    schedule: Callable[[int, float | None], float]
+    progress: Callable[[int], float]
+
+    def __call__(self, step: int) -> float:
+        return self.schedule(step, self.progress(step))
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, base_lr: float
+    optimizer: torch.optim.Optimizer,
+    config: ScheduleConfig,
+    steps_per_epoch: int,
+    base_lr: float,
+    progress: Callable[[int], float] | None = None,
 ) -> LambdaLR:
     """The schedule of ``config`` as a per-step :class:`LambdaLR`.
 
     ``warmup_lr`` and ``min_lr`` become factors of ``base_lr`` (the configured main learning rate, at the
     same batch size) applied to every group: groups with other learning rates, and learning rates scaled
-    with the batch size, follow the same curve proportionally.
+    with the batch size, follow the same curve proportionally. ``progress(step)`` is the fraction of the
+    run done before ``step`` (default: of ``config.epochs``' steps; a
+    :meth:`~deformvision.engine.budget.Budget.progress` for runs with a budget).
 
     Raises:
         ConfigError: a value of ``config`` is out of its range (``schedule.epochs = 0: must be >= 1``).
@@ -182,18 +211,23 @@ def build_scheduler(
         raise ValueError(f"base_lr must be a finite number > 0 (warmup_lr and min_lr are its fractions), got {base_lr}")
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch} (is the training set empty?)")
-    warmup_steps, warmup_factor = round(config.warmup_epochs * steps_per_epoch), config.warmup_lr / base_lr
+    total_steps = config.epochs * steps_per_epoch
+    progress = progress or Budget(config, steps_per_epoch).progress
+    warmup_steps = config.warmup_steps
+    if warmup_steps is None:
+        warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warmup_factor = config.warmup_lr / base_lr
     if config.name == "cosine":
         schedule = WarmupCosine(
-            total_steps=config.epochs * steps_per_epoch,
+            total_steps=total_steps,
             warmup_steps=warmup_steps,
             warmup_factor=warmup_factor,
             min_factor=config.min_lr / base_lr,
         )
     elif config.name == "poly":
-        decay = PolyDecay(config.epochs * steps_per_epoch, config.power, config.min_lr / base_lr)
+        decay = PolyDecay(total_steps, config.power, config.min_lr / base_lr)
         schedule = LinearWarmup(decay, warmup_steps, warmup_factor)
     else:
-        schedule = LinearWarmup(StepDecay(steps_per_epoch, tuple(config.lr_drop), config.gamma), warmup_steps,
-                                warmup_factor)  # fmt: skip
-    return LambdaLR(optimizer, schedule)
+        decay = StepDecay(steps_per_epoch, tuple(config.lr_drop), config.gamma, tuple(config.lr_drop_at))
+        schedule = LinearWarmup(decay, warmup_steps, warmup_factor)
+    return LambdaLR(optimizer, OnProgress(schedule, progress))

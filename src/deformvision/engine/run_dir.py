@@ -1,4 +1,6 @@
-"""The rules that keep a run directory's files safe.
+"""The decisions about a run directory: what it holds, whether a run may start there, what it resumes from
+and when its config is saved (the checkpoint files themselves are read and written by
+:mod:`~deformvision.engine.checkpoint`).
 
 A training run writes ``config.yaml``, ``log.jsonl``, ``checkpoints/`` with ``last_checkpoint.json`` and
 the final weights into its ``output_dir``. Nothing of an earlier run there is touched unless the user
@@ -9,7 +11,9 @@ says so:
   data, model, optimizer);
 - a resumed run must have the configuration it was saved with, apart from the keys that do not change
   what is trained (:data:`RESUME_SAFE_KEYS`): a changed learning rate or schedule would otherwise be
-  silently replaced by the restored one. The refusal lists every changed key.
+  silently replaced by the restored one. The refusal lists every changed key;
+- ``config.yaml`` is written (atomically) once the run is set up and any checkpoint restored
+  (:func:`start_run`), so a refused run leaves the directory as it was.
 """
 
 import shutil
@@ -18,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from deformvision.engine.checkpoint import CHECKPOINT_DIR, POINTER
+from deformvision.engine.checkpoint import CHECKPOINT_DIR, POINTER, find_checkpoint
+from deformvision.engine.config import TrainConfig, config_to_dict, save_config
 
 RUN_CONFIG = "config.yaml"
 RUN_FILES = (RUN_CONFIG, "log.jsonl", POINTER, CHECKPOINT_DIR, "model_final.safetensors",
@@ -49,6 +54,42 @@ def check_output_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None
             f"output_dir {run_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, "
             "--overwrite to replace it, or choose another --output-dir"
         )
+
+
+def checkpoint_to_resume(run_dir: Path, resume: str) -> tuple[Path, Path] | None:
+    """``(weights, state)`` of the checkpoint ``resume`` names: a run directory or its pointer, or ``"auto"``
+    (``run_dir``'s newest checkpoint; ``None`` if it has none: the run starts from scratch).
+
+    Raises:
+        FileNotFoundError: ``resume`` (not ``"auto"``) does not exist or holds no checkpoint.
+        ValueError: its pointer is damaged.
+    """
+    if resume == "auto":
+        return find_checkpoint(run_dir) if run_dir.is_dir() else None
+    found = find_checkpoint(resume)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint to resume from in {resume}")
+    return found
+
+
+def check_resume_config(state_path: Path, config: TrainConfig) -> None:
+    """Refuse to resume the checkpoint whose training state is ``state_path`` with another ``config`` than
+    its run's (``<run>/config.yaml``, beside ``checkpoints/``; nothing to check if the run has none).
+
+    Raises:
+        ValueError: as :func:`check_resumed_config`.
+    """
+    saved_config = state_path.parent.parent / RUN_CONFIG  # <run>/checkpoints/<step>.state.pt
+    if saved_config.is_file():
+        check_resumed_config(saved_config, config_to_dict(config))
+
+
+def start_run(run_dir: Path, config: TrainConfig) -> None:
+    """Make ``run_dir`` the new run's: delete an earlier run's files if ``config.overwrite``, save the config."""
+    if config.overwrite:
+        remove_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / RUN_CONFIG)
 
 
 def remove_run(run_dir: Path) -> None:

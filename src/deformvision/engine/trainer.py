@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from deformvision.engine.amp import autocast, grad_scaler, resolve_amp
+from deformvision.engine.budget import Budget
 from deformvision.engine.builders import build_data, build_loader, build_model, build_task
 from deformvision.engine.checkpoint import (
     CheckpointManager,
@@ -31,13 +32,13 @@ from deformvision.engine.checkpoint import (
     restore_rng_state,
     save_weights,
 )
-from deformvision.engine.config import TrainConfig, config_to_dict, save_config
+from deformvision.engine.config import TrainConfig
 from deformvision.engine.data import EpochSampler, ShardSampler, make_generator
-from deformvision.engine.distributed import all_gather_objects, barrier, init_distributed
+from deformvision.engine.distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed
 from deformvision.engine.ema import ModelEma
 from deformvision.engine.logger import Meters, RunLogger, format_duration
 from deformvision.engine.optim import build_optimizer, build_scheduler
-from deformvision.engine.run_dir import RUN_CONFIG, check_output_dir, check_resumed_config, remove_run
+from deformvision.engine.run_dir import check_output_dir, check_resume_config, checkpoint_to_resume, start_run
 from deformvision.models import load_checkpoint, read_state_dict
 
 STATE_VERSION = 1
@@ -105,12 +106,16 @@ class Trainer:
         val_sampler = ShardSampler(len(self.data.val), self.dist.rank, world_size)
         self.val_loader = build_loader(self.data.val, val_sampler, config, train=False, device=self.device)
         self.steps_per_epoch = self.sampler.num_batches
+        agree = self._mean_over_processes if world_size > 1 else None
+        self.budget = Budget(config.schedule, self.steps_per_epoch, agree)
 
         optim = config.optim
         lr_scale = self.global_batch / optim.lr_ref_batch if optim.lr_ref_batch else 1.0
         self.optimizer = build_optimizer(self.model, optim, lr_scale)
         # warmup_lr and min_lr are given at the same batch size as lr: as factors of it they scale with it
-        self.scheduler = build_scheduler(self.optimizer, config.schedule, self.steps_per_epoch, base_lr=optim.lr)
+        self.scheduler = build_scheduler(
+            self.optimizer, config.schedule, self.steps_per_epoch, base_lr=optim.lr, progress=self.budget.progress
+        )
         self.scaler = grad_scaler(self.device, self.amp)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
@@ -120,10 +125,7 @@ class Trainer:
         if config.resume is not None:
             self._resume(config.resume)
         if self.dist.is_main:
-            if config.overwrite:
-                remove_run(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / RUN_CONFIG)
+            start_run(self.run_dir, config)
         barrier()
 
     # ----------------------------------------------------------------------------------------------
@@ -132,19 +134,24 @@ class Trainer:
         return autocast(self.device, self.amp)
 
     def fit(self) -> dict[str, float]:
-        """Train the remaining epochs; return the last evaluation's metrics."""
+        """Train until the run's epochs (or its budget) are done; return the last evaluation's metrics.
+
+        A budget spent mid-epoch ends that epoch early: it is evaluated, logged and checkpointed as the last.
+        """
         config = self.config
         self.log.print(
             f"training {config.model.name} on {len(self.data.train)} samples, {self.dist.world_size} process(es) "
             f"on {self.device}, global batch {self.global_batch}, {self.steps_per_epoch} steps/epoch, "
-            f"{config.schedule.epochs} epochs -> {self.run_dir}"
+            f"{self.budget.describe()} -> {self.run_dir}"
         )
-        self.start_time, self.start_step = time.perf_counter(), self.global_step
         metrics: dict[str, float] = {}
-        while self.epoch < config.schedule.epochs:
+        while not self.budget.spent(self.global_step):
             epoch_start = time.perf_counter()
+            self.budget.start()
             train_metrics = self._train_epoch()
-            last = self.epoch == config.schedule.epochs - 1
+            self.budget.stop()
+            complete = self.batches_done == self.steps_per_epoch
+            last = self.budget.spent(self.global_step)
             metrics = self.evaluate() if last or (self.epoch + 1) % config.eval_every == 0 else {}
             record = {
                 "type": "epoch", "epoch": self.epoch, "global_step": self.global_step,
@@ -152,9 +159,10 @@ class Trainer:
                 "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
             }  # fmt: skip
             summary = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("type", "epoch"))
-            self.log.write(record, f"epoch {self.epoch + 1}/{config.schedule.epochs}: {summary}")
-            self.epoch, self.batches_done = self.epoch + 1, 0
-            self._save(epoch_complete=True)
+            self.log.write(record, f"epoch {self._epoch_text()}: {summary}")
+            if complete:
+                self.epoch, self.batches_done = self.epoch + 1, 0
+            self._save(epoch_complete=complete)
         if self.dist.is_main:
             save_weights(self.model.state_dict(), self.run_dir / FINAL_WEIGHTS)
             if self.ema is not None:
@@ -170,9 +178,18 @@ class Trainer:
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         return metrics
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of training so far (evaluation and checkpoints not counted; earlier sessions included)."""
+        return self.budget.seconds
+
     # ----------------------------------------------------------------------------------------------
+    def _epoch_text(self) -> str:
+        """``"3/15"``, or ``"3"`` for runs bounded by a budget."""
+        return f"{self.epoch + 1}" if self.budget.has_budget else f"{self.epoch + 1}/{self.config.schedule.epochs}"
+
     def _train_epoch(self) -> dict[str, float]:
-        """Run the epoch's remaining steps; return its averaged logged values."""
+        """Run the epoch's remaining steps (those the budget allows); return its averaged logged values."""
         config, epoch = self.config, self.epoch
         self.sampler.set_epoch(epoch, self.batches_done)
         self.data.train.set_epoch(epoch)
@@ -180,8 +197,10 @@ class Trainer:
         interval = Meters()
         interval_start = time.perf_counter()
         self.log.start_bar(self.steps_per_epoch * self.global_batch, self.batches_done * self.global_batch,
-                           f"epoch {epoch + 1}/{config.schedule.epochs}")  # fmt: skip
+                           f"epoch {self._epoch_text()}")  # fmt: skip
         for batch in self.loader:
+            if self.budget.spent(self.global_step):
+                break
             lr = max(group["lr"] for group in self.optimizer.param_groups)  # the main rate of this step
             logs, grad_norm = self._step(batch)
             self.batches_done += 1
@@ -189,14 +208,17 @@ class Trainer:
             interval.update(self.task.batch_size(batch), **logs, **clip_logs)
             self.epoch_meters.update(self.task.batch_size(batch), **logs)
             self.log.advance_bar(self.global_batch, loss=logs["loss"], lr=lr)
-            if self.batches_done % config.log.interval == 0 or self.batches_done == self.steps_per_epoch:
+            last = self.batches_done == self.steps_per_epoch or self.budget.spent(self.global_step)
+            if self.batches_done % config.log.interval == 0 or last:
                 values, count = interval.reduce(self.device)
                 elapsed = time.perf_counter() - interval_start
                 self._log_step(values, count, elapsed, lr)
                 interval_start = time.perf_counter()
             every = config.checkpoint.every_steps
-            if every and self.global_step % every == 0 and self.batches_done < self.steps_per_epoch:
+            if every and self.global_step % every == 0 and not last:
+                self.budget.stop()
                 self._save(epoch_complete=False)
+                self.budget.start()
         self.log.close_bar()
         values, _ = self.epoch_meters.reduce(self.device)
         return values
@@ -216,6 +238,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.budget.tick()  # the clock of this step's schedule and of the next step's stop check
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -223,13 +246,11 @@ class Trainer:
         return logs, grad_norm
 
     def _log_step(self, values: dict[str, float], count: int, elapsed: float, lr: float) -> None:
-        steps_done = self.global_step - self.start_step
-        seconds_per_step = (time.perf_counter() - self.start_time) / max(steps_done, 1)
-        remaining = (self.config.schedule.epochs - self.epoch) * self.steps_per_epoch - self.batches_done
+        progress = self.budget.progress(self.global_step)
+        eta = self.budget.seconds * (1.0 - progress) / progress if 0.0 < progress < 1.0 else 0.0
         record = {
             "type": "train", "epoch": self.epoch, "step": self.batches_done, "global_step": self.global_step,
-            "lr": lr, **values, "throughput": round(count / max(elapsed, 1e-9), 2),
-            "eta_s": round(remaining * seconds_per_step, 1),
+            "lr": lr, **values, "throughput": round(count / max(elapsed, 1e-9), 2), "eta_s": round(eta, 1),
         }  # fmt: skip
         text = (
             f"epoch {self.epoch + 1} step {self.batches_done}/{self.steps_per_epoch} loss {values['loss']:.4f} "
@@ -244,7 +265,7 @@ class Trainer:
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch, "batches_done": self.batches_done, "epoch_complete": epoch_complete,
-            "global_step": self.global_step,
+            "global_step": self.global_step, "train_seconds": self.budget.seconds,
             "optimizer": self.optimizer.state_dict(), "scheduler": scheduler_state,
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             # per process, in rank order: RNG states and the running sums of the epoch's logged values
@@ -261,19 +282,12 @@ class Trainer:
 
     def _resume(self, location: str) -> None:
         """Load the newest checkpoint at ``location`` (``"auto"``: this run's directory, if it has one)."""
-        if location == "auto":
-            found = find_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
-            if found is None:
-                self.log.print(f"no checkpoint in {self.run_dir}: starting from scratch")
-                return
-        else:
-            found = find_checkpoint(location)
-            if found is None:
-                raise FileNotFoundError(f"no checkpoint to resume from in {location}")
+        found = checkpoint_to_resume(self.run_dir, location)
+        if found is None:
+            self.log.print(f"no checkpoint in {self.run_dir}: starting from scratch")
+            return
         weights, state_path = found
-        saved_config = state_path.parent.parent / RUN_CONFIG  # <run>/checkpoints/<step>.state.pt
-        if saved_config.is_file():
-            check_resumed_config(saved_config, config_to_dict(self.config))
+        check_resume_config(state_path, self.config)
         state = load_training_state(state_path)
         self._check_compatible(state, state_path)
         self.model.load_state_dict(read_state_dict(weights))
@@ -288,8 +302,14 @@ class Trainer:
             if not state["epoch_complete"]:
                 self.epoch_meters.load_state_dict(state["epoch_meters"][self.dist.rank])
         self.global_step = state["global_step"]
+        self.budget.done_seconds = state.get("train_seconds", 0.0)  # absent from checkpoints of before budgets
+        self.budget.tick()
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.log.print(f"resumed from {weights.name} (epoch {self.epoch + 1}, step {self.batches_done} of it)")
+
+    def _mean_over_processes(self, value: float) -> float:
+        total = all_reduce_sum(torch.tensor(value, dtype=torch.float64, device=self.device))
+        return total.item() / self.dist.world_size
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         if state.get("version") != STATE_VERSION:
