@@ -70,10 +70,18 @@ class CheckpointManager:
         self.keep = keep
 
     def save(self, weights: dict[str, torch.Tensor], state: dict[str, Any], step: int) -> Path:
-        """Write the checkpoint of global step ``step``; return the pointer's path."""
+        """Write the checkpoint of global step ``step``; return the pointer's path.
+
+        A step saved again (a run restarted from an older checkpoint) gets new names (``step_<step>-1``...):
+        the pair the pointer names is never overwritten, so a crash cannot leave it half old, half new.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder)  # left by a killed save
-        stem = f"step_{step:09d}"
+        base = stem = f"step_{step:09d}"
+        again = 0
+        while any(self.folder.glob(f"{stem}.*")):  # this step was saved before
+            again += 1
+            stem = f"{base}-{again}"
         save_weights(weights, self.folder / f"{stem}.safetensors")
         atomic_write(self.folder / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
         record = {
