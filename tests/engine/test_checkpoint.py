@@ -89,3 +89,24 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])  # noqa: NPY002
     assert random.random() == expected[2]
+
+
+def test_a_step_saved_again_gets_new_names_so_the_pointed_pair_is_never_overwritten(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path, keep=1)
+    manager.save(_weights(1.0), {"epoch": 0, "global_step": 4}, step=4)
+    first = find_checkpoint(tmp_path)
+
+    def no_state(obj, f):  # the second save dies after its weights are written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", no_state)
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(_weights(2.0), {"epoch": 0, "global_step": 4}, step=4)
+    assert find_checkpoint(tmp_path) == first  # the pointer's pair is whole and unchanged
+    assert torch.equal(load_file(first[0])["layer.weight"], torch.full((4, 3), 1.0))
+    monkeypatch.undo()
+    manager.save(_weights(3.0), {"epoch": 0, "global_step": 4}, step=4)
+    weights, state = find_checkpoint(tmp_path)
+    assert weights.name.startswith("step_000000004-") and load_training_state(state)["global_step"] == 4
+    assert torch.equal(load_file(weights)["layer.weight"], torch.full((4, 3), 3.0))
+    assert not first[0].exists()  # pruned once the new pair is complete (keep=1)
