@@ -13,9 +13,9 @@ Three tasks, each on 128x128 canvases with 1-6 digits (mostly small), no downloa
 writes into the output directory:
 
 - ``config.yaml`` and ``model_final.safetensors``: a run directory that ``deformvision eval`` and
-  ``deformvision predict --run`` read;
+  ``deformvision predict --run`` read (with the Trainer's ``checkpoints/`` and ``last_checkpoint.json``);
 - ``metrics.json``: the task's numbers (also at the top level: ``segm_AP50``, ``mIoU``...), steps, epochs
-  and times; ``log.jsonl``: the training loss;
+  and times; ``log.jsonl``: the Trainer's log (the training loss about twice per epoch, the evaluation);
 - ``predictions/``: ``predictions.json`` and annotated PNGs of validation images (``deformvision predict``:
   boxes; masks tinted over the image; predicted class maps with a legend);
 - detection only, ``sampling_points.png``: one validation image with the detections, the deformed sampling

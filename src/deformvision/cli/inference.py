@@ -111,7 +111,8 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "writes into OUTPUT_DIR: config.yaml and model_final.safetensors (a run directory for\n"
-            "`deformvision eval` and `deformvision predict --run`), metrics.json, log.jsonl, predictions/\n"
+            "`deformvision eval` and `deformvision predict --run`; also checkpoints/ and last_checkpoint.json),\n"
+            "metrics.json, log.jsonl, predictions/\n"
             "(predictions.json and annotated PNGs of validation images), sampling_points.png (detection),\n"
             "data/ (the dataset)\n"
             "\n"

@@ -109,6 +109,7 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
             "  deformvision train dat_digits\n"
             "  deformvision train dat_digits --epochs 5 --set optim.lr=1e-3 checkpoint.every_steps=20\n"
             "  deformvision train my_run.yaml --output-dir runs/x --resume auto\n"
+            "  deformvision train dat_digits --set schedule.max_seconds=600   # a 10-minute budget\n"
             "  torchrun --nproc_per_node 8 -m deformvision.cli train deformable_detr_r50_coco \\\n"
             "      --set data.root=/data/coco\n"
             f"\nrecipes: {', '.join(list_recipes())}"
