@@ -51,8 +51,8 @@ from deformvision.data import (
 from deformvision.data._image import load_rgb
 from deformvision.engine import TrainConfig, build_transforms
 from deformvision.engine.config import config_from_dict
-from deformvision.engine.run_dir import RUN_CONFIG
-from deformvision.engine.trainer import FINAL_WEIGHTS, Trainer
+from deformvision.engine.run_dir import FINAL_WEIGHTS, RUN_CONFIG
+from deformvision.engine.trainer import Trainer
 from deformvision.models.deformable_detr import DeformableDETR
 from deformvision.predict import Predictor, predict_files
 from deformvision.viz import (

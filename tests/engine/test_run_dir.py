@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from engine_utils import make_image_folder, tiny_config
 
 from deformvision.engine import Trainer
-from deformvision.engine.checkpoint import find_checkpoint, load_training_state
+from deformvision.engine.checkpoint import CheckpointManager, find_checkpoint, load_training_state
 from deformvision.engine.config import config_from_dict
-from deformvision.engine.run_dir import changed_keys
+from deformvision.engine.run_dir import changed_keys, run_weights
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,12 @@ def test_changed_keys_ignores_only_the_safe_ones():
     saved = {"optim": {"lr": 1.0}, "log": {"interval": 1}, "data": {"root": "a", "batch_size": 4}, "seed": 0}
     current = {"optim": {"lr": 1.0}, "log": {"interval": 5}, "data": {"root": "b", "batch_size": 8}, "seed": 1}
     assert changed_keys(saved, current) == ["data.batch_size: 4 -> 8", "seed: 0 -> 1"]
+
+
+def test_run_weights_are_the_final_ones_else_the_newest_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no model_final.safetensors and no checkpoint"):
+        run_weights(tmp_path)
+    CheckpointManager(tmp_path).save({"w": torch.zeros(1)}, {"epoch": 0}, step=3)
+    assert run_weights(tmp_path) == tmp_path / "checkpoints" / "step_000000003.safetensors"
+    (tmp_path / "model_final.safetensors").write_bytes(b"")
+    assert run_weights(tmp_path) == tmp_path / "model_final.safetensors"

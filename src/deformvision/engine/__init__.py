@@ -6,6 +6,8 @@
 - :mod:`~deformvision.engine.config`: :class:`TrainConfig` and YAML loading with overrides;
 - :mod:`~deformvision.engine.builders`: model, data, task and loaders from a config (reused by other commands);
 - :mod:`~deformvision.engine.trainer`: :class:`Trainer`, :func:`train`, :func:`evaluate`;
+- :mod:`~deformvision.engine.budget`: how long a run trains (epochs, or a step / time budget) and how much is done;
+- :mod:`~deformvision.engine.run_dir`: what a run directory holds, when a run may start, resume or replace one;
 - :mod:`~deformvision.engine.classification`, :mod:`~deformvision.engine.detection`: per-task loss and metrics;
 - :mod:`~deformvision.engine.optim`: parameter groups and learning-rate schedules;
 - :mod:`~deformvision.engine.checkpoint`: atomic, resumable checkpoints;

@@ -26,8 +26,9 @@ from deformvision.engine.checkpoint import CHECKPOINT_DIR, POINTER, find_checkpo
 from deformvision.engine.config import TrainConfig, config_to_dict, save_config
 
 RUN_CONFIG = "config.yaml"
-RUN_FILES = (RUN_CONFIG, "log.jsonl", POINTER, CHECKPOINT_DIR, "model_final.safetensors",
-             "model_ema_final.safetensors", "metrics.json")  # fmt: skip
+FINAL_WEIGHTS = "model_final.safetensors"
+FINAL_EMA_WEIGHTS = "model_ema_final.safetensors"
+RUN_FILES = (RUN_CONFIG, "log.jsonl", POINTER, CHECKPOINT_DIR, FINAL_WEIGHTS, FINAL_EMA_WEIGHTS, "metrics.json")
 # Dotted config keys (or prefixes ending in ".") a resumed run may change: where and how fast it runs,
 # what it prints, how it is evaluated; not what it trains.
 RESUME_SAFE_KEYS = ("output_dir", "resume", "overwrite", "threads", "device", "log.", "eval_every", "checkpoint.keep",
@@ -90,6 +91,20 @@ def start_run(run_dir: Path, config: TrainConfig) -> None:
         remove_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / RUN_CONFIG)
+
+
+def run_weights(run_dir: Path) -> Path:
+    """The weights a finished or interrupted run offers: its final weights, else its newest checkpoint's.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has neither.
+    """
+    if (run_dir / FINAL_WEIGHTS).is_file():
+        return run_dir / FINAL_WEIGHTS
+    found = find_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"run directory {run_dir} has no {FINAL_WEIGHTS} and no checkpoint")
+    return found[0]
 
 
 def remove_run(run_dir: Path) -> None:

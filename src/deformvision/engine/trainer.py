@@ -27,7 +27,6 @@ from deformvision.engine.builders import build_data, build_loader, build_model, 
 from deformvision.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
-    find_checkpoint,
     load_training_state,
     restore_rng_state,
     save_weights,
@@ -38,12 +37,18 @@ from deformvision.engine.distributed import all_gather_objects, all_reduce_sum, 
 from deformvision.engine.ema import ModelEma
 from deformvision.engine.logger import Meters, RunLogger, format_duration
 from deformvision.engine.optim import build_optimizer, build_scheduler
-from deformvision.engine.run_dir import check_output_dir, check_resume_config, checkpoint_to_resume, start_run
+from deformvision.engine.run_dir import (
+    FINAL_EMA_WEIGHTS,
+    FINAL_WEIGHTS,
+    check_output_dir,
+    check_resume_config,
+    checkpoint_to_resume,
+    run_weights,
+    start_run,
+)
 from deformvision.models import load_checkpoint, read_state_dict
 
 STATE_VERSION = 1
-FINAL_WEIGHTS = "model_final.safetensors"
-FINAL_EMA_WEIGHTS = "model_ema_final.safetensors"
 
 
 def seed_everything(seed: int) -> None:
@@ -346,10 +351,7 @@ def evaluate(config: TrainConfig, weights: str | Path | None = None) -> dict[str
     model = build_model(config, data.num_classes)
     if weights is not None:
         path = Path(weights)
-        if path.is_dir():
-            found = find_checkpoint(path)
-            path = path / FINAL_WEIGHTS if (path / FINAL_WEIGHTS).is_file() or found is None else found[0]
-        load_checkpoint(model, path)
+        load_checkpoint(model, run_weights(path) if path.is_dir() else path)
     model.to(dist_info.device)
     task = build_task(config, data, model)
     loader = build_loader(data.val, ShardSampler(len(data.val), dist_info.rank, dist_info.world_size), config,
