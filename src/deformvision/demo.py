@@ -32,7 +32,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from deformvision.engine.run_dir import FINAL_WEIGHTS, RUN_CONFIG
 from deformvision.engine.trainer import Trainer
 from deformvision.models.deformable_detr import DeformableDETR
 from deformvision.predict import Predictor, predict_files
+from deformvision.recipes import recipe_path
 from deformvision.viz import (
     add_title,
     dat_sampling_points,
@@ -92,14 +92,14 @@ class DemoResult:
 
 
 def demo_recipe(task: str = "detection") -> dict[str, Any]:
-    """The ``task``'s training recipe, ``deformvision/recipes/demo_<task>.yaml``, as a nested dict.
+    """The ``task``'s training recipe, the shipped recipe ``demo_<task>``, as a nested dict.
 
     Raises:
         ValueError: ``task`` is not one of :data:`TASKS`.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    return yaml.safe_load((files("deformvision") / "recipes" / f"demo_{task}.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load(recipe_path(f"demo_{task}").read_text(encoding="utf-8"))
 
 
 def demo_config(
