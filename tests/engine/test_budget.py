@@ -78,10 +78,13 @@ def test_the_demo_recipe_schedule_is_warmup_then_a_tenth_for_the_last_fifth():
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("schedule.max_steps=-1", "schedule.max_steps must be at least 0; got -1"),
-     ("schedule.max_seconds=-5", "schedule.max_seconds must be at least 0; got -5"),
-     ("schedule.lr_drop_at=[0.5,1.0]", r"schedule.lr_drop_at must hold fractions of the run in \(0, 1\)")],
-)  # fmt: skip
+    [
+        ("schedule.max_steps=-1", "schedule.max_steps = -1: must be >= 0"),
+        ("schedule.max_seconds=-5", r"schedule.max_seconds = -5.0: must be >= 0"),
+        ("schedule.warmup_steps=-2", "schedule.warmup_steps = -2: must be >= 0"),
+        ("schedule.lr_drop_at=[0.5,1.0]", r"schedule.lr_drop_at = \[0.5, 1.0\]: every value must be in \(0, 1\)"),
+    ],
+)
 def test_bad_budgets_are_refused(override, message):
     key, value = override.split("=")
     section, name = key.split(".")
