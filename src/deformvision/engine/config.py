@@ -78,7 +78,6 @@ _POSITIVE = Rule(low=0, low_open=True)
 _NON_NEGATIVE = Rule(low=0)
 _COUNT = Rule(low=1)  # an int where 0 is meaningless (also sizes in pixels)
 _PROBABILITY = Rule(0, 1)
-_FRACTION = Rule(0, 1, low_open=True, high_open=True)  # a point strictly inside the run
 _TEXT = Rule(pattern=r"(?s).*\S.*", meaning="a non-empty string")
 _DEVICE = Rule(pattern=r"auto|cpu|mps|cuda(:\d+)?", meaning="auto, cpu, cuda, cuda:N or mps")
 
@@ -196,22 +195,14 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Epochs and the learning-rate schedule, applied every step.
+    """How long a run trains and its learning-rate schedule, applied every step (``t / T``: the fraction done).
 
-    ``cosine``: linear warmup from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then
-    ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` (timm's, as DAT/Swin). ``step``: ``lr`` times
-    ``gamma`` for every epoch of ``lr_drop`` passed (Deformable DETR's StepLR; the detection 1x / 3x
-    schedules). ``poly``: ``min_lr + (lr - min_lr) (1 - t / T) ** power`` (mmseg's). ``step`` and ``poly``
-    are ramped in linearly over ``warmup_epochs`` from ``warmup_lr / lr`` times their value (mmcv's
-    linear warmup; set ``warmup_epochs: 0`` for none). ``warmup_lr`` and ``min_lr`` are relative to
-    ``optim.lr`` (other groups and batch scaling follow proportionally); both are at most ``optim.lr``.
-
-    The run lasts ``epochs``, unless a budget is given: ``max_steps`` optimizer steps and/or
-    ``max_seconds`` of training (wall clock, evaluation and checkpoints not counted); it then ends when
-    the first budget is spent, mid-epoch if need be, and ``epochs`` is ignored. Schedules follow the
-    fraction of the run done: ``t / T`` above is that fraction (of the epochs' steps, or the larger
-    fraction of the budgets used); ``lr_drop_at`` drops the ``step`` schedule by ``gamma`` at fractions.
-    ``warmup_steps`` (when set) gives the warmup in steps instead of ``warmup_epochs``.
+    ``cosine``: linear warmup from ``warmup_lr`` to ``lr`` over ``warmup_epochs`` (or ``warmup_steps``), then
+    ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` (timm's). ``step``: ``lr`` x ``gamma`` per epoch of
+    ``lr_drop`` and fraction of ``lr_drop_at`` passed (Deformable DETR's StepLR). ``poly``: ``min_lr + (lr - min_lr)
+    (1 - t / T) ** power`` (mmseg's). ``step`` and ``poly`` ramp in linearly from ``warmup_lr / lr`` times their
+    value (mmcv's). ``warmup_lr``, ``min_lr``: at the scale of ``optim.lr`` (groups follow), at most it. A budget
+    (``max_steps`` and/or ``max_seconds`` of training) ends the run at the first spent, not ``epochs``: it is ``T``.
     """
 
     name: str = _key("cosine", Rule(choices=("cosine", "step", "poly")))
@@ -219,11 +210,11 @@ class ScheduleConfig:
     max_steps: int = _key(0, _NON_NEGATIVE)  # a budget of optimizer steps (0: none)
     max_seconds: float = _key(0.0, _NON_NEGATIVE)  # a budget of training seconds (0: none)
     warmup_epochs: float = _key(20.0, _NON_NEGATIVE)  # at most epochs
-    warmup_steps: int | None = _key(None, _NON_NEGATIVE)  # the warmup in optimizer steps instead of warmup_epochs
+    warmup_steps: int | None = _key(None, _NON_NEGATIVE)  # instead of warmup_epochs
     warmup_lr: float = _key(1e-6, _NON_NEGATIVE)
     min_lr: float = _key(1e-5, _NON_NEGATIVE)
     lr_drop: tuple[int, ...] = _key((40,), _COUNT)
-    lr_drop_at: tuple[float, ...] = _key((), _FRACTION)  # step: also x gamma from these fractions of the run on
+    lr_drop_at: tuple[float, ...] = _key((), Rule(0, 1, low_open=True, high_open=True))  # fractions of the run
     gamma: float = _key(0.1, Rule(0, 1, low_open=True))
     power: float = _key(0.9, _POSITIVE)  # poly
 
@@ -355,13 +346,8 @@ def _check_relations(config: TrainConfig) -> None:
         _fail("schedule.warmup_lr", schedule.warmup_lr, f"must be <= optim.lr ({optim.lr:g}) to warm up to it")
     if schedule.name != "step" and schedule.min_lr > optim.lr:
         _fail("schedule.min_lr", schedule.min_lr, f"must be <= optim.lr ({optim.lr:g})")
-    ranges = {
-        "aug.scale": aug.scale,
-        "aug.ratio": aug.ratio,
-        "aug.crop": aug.crop,
-        "aug.seg_ratio_range": aug.seg_ratio_range,
-    }
-    for key, pair in ranges.items():
+    for key in ("aug.scale", "aug.ratio", "aug.crop", "aug.seg_ratio_range"):
+        pair = getattr(aug, key.removeprefix("aug."))
         if pair is not None and pair[0] > pair[1]:
             _fail(key, pair, "must be (min, max) with min <= max")
     for key, sizes in (("aug.scales", aug.scales), ("aug.crop_resize", aug.crop_resize)):
