@@ -261,3 +261,20 @@ def test_predict_refuses_a_model_without_weights(two_images, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "deformable_detr_dat_digits has no published weights: pass --checkpoint PATH" in err
     assert not (tmp_path / "predictions.json").exists()
+
+
+def test_demo_config_refuses_a_bad_task_or_budget():
+    with pytest.raises(ValueError, match="task must be one of detection, instance, semantic, got 'panoptic'"):
+        demo_config(Path("run"), Path("data"), seed=0, task="panoptic")
+    with pytest.raises(ValueError, match="epochs must be at least 1, got 0"):
+        demo_config(Path("run"), Path("data"), seed=0, epochs=0)
+    with pytest.raises(ValueError, match="minutes must be positive, got nan"):
+        demo_config(Path("run"), Path("data"), seed=0, minutes=float("nan"))
+
+
+def test_the_demo_budget_is_the_recipe_schedule():
+    """--minutes sets a time budget; --epochs replaces it with epochs (the schedule then follows the steps)."""
+    timed = demo_config(Path("run"), Path("data"), seed=0, minutes=3.0).schedule
+    assert (timed.max_seconds, timed.max_steps, timed.lr_drop_at, timed.warmup_steps) == (180.0, 0, (0.8,), 49)
+    counted = demo_config(Path("run"), Path("data"), seed=0, epochs=2).schedule
+    assert (counted.max_seconds, counted.max_steps, counted.epochs) == (0.0, 0, 2)
