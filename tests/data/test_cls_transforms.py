@@ -102,3 +102,29 @@ def test_rand_augment_config_and_its_errors() -> None:
         rand_augment_config(0, 9)
     with pytest.raises(ValueError, match="crop_pct"):
         build_classification_transforms(False, 32, crop_pct=0.0)
+
+
+def _posterize_op(train_transform):
+    (rand_augment,) = [step for step in train_transform.transforms if isinstance(step, RandAugment)]
+    (op,) = [op for op in rand_augment.ops if op.name == "PosterizeIncreasing"]
+    return op
+
+
+@pytest.mark.parametrize("magnitude", [10.0, 7.5, 5.0, 2.5, 0.0])
+def test_posterize_at_every_magnitude_keeps_the_high_bits(magnitude: float) -> None:
+    """The recipe's posterize at magnitude m keeps ``4 - int(m / 10 * 4)`` bits (timm's ``inc1`` rule); at m = 10
+    that is 0 bits, a black image (Pillow 13's posterize refuses 0 bits and would stop training)."""
+    op = _posterize_op(build_classification_transforms(True, 32))
+    op.prob, op.magnitude, op.magnitude_std = 1.0, magnitude, 0.0
+    img = _image()
+    bits = 4 - int(magnitude / 10 * 4)
+    mask = (0xFF << (8 - bits)) & 0xFF
+    np.testing.assert_array_equal(np.asarray(op(img)), np.asarray(img) & mask)
+
+
+def test_the_recipe_survives_the_largest_magnitudes() -> None:
+    """Many draws of the full train pipeline at magnitude 10 (posterize to 0 bits included) raise nothing."""
+    transform = build_classification_transforms(True, 32, rand_augment=(2, 10))
+    with seeded(0):
+        outputs = [transform(_image(seed=i)) for i in range(60)]
+    assert all(out.shape == (3, 32, 32) and torch.isfinite(out).all() for out in outputs)

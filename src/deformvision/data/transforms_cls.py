@@ -11,8 +11,9 @@ state; see :func:`deformvision.data._random.seeded` for reproducible calls.
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import create_transform
+from timm.data.auto_augment import RandAugment
 
 from deformvision.data._image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -66,7 +67,27 @@ def build_classification_transforms(
     if not 0.0 <= hflip <= 1.0 or not 0.0 <= reprob <= 1.0:
         raise ValueError(f"hflip and reprob must be probabilities in [0, 1], got hflip={hflip}, reprob={reprob}")
     auto_augment = rand_augment_config(*rand_augment) if rand_augment is not None else None
-    return create_transform(
+    transform = create_transform(
         img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, color_jitter=None,
         auto_augment=auto_augment, re_prob=reprob, re_mode="pixel", re_count=1, **common,
-    )  # fmt: skip
+    )
+    for step in transform.transforms:
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.aug_fn.__name__ == "posterize":
+                    op.aug_fn = posterize
+    return transform
+
+
+def posterize(img: Image.Image, bits: int, **_: object) -> Image.Image:
+    """Keep the ``bits`` high bits of every channel; 0 bits gives a black image.
+
+    timm's RandAugment ``inc1`` draws 0 bits when the sampled magnitude reaches 10 (``m9``, std 0.5: about
+    2% of its posterize calls). Pillow before 13 turned that into a black image, which is what the official
+    DAT/Swin runs trained on; Pillow 13 raises ``ValueError`` instead, which would stop training at random.
+    """
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
