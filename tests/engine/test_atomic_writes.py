@@ -32,6 +32,8 @@ from deformvision.engine.config import config_from_dict, save_config
 from deformvision.models import create_model
 from deformvision.models._pretrained import cached_weights, weights_path
 from deformvision.predict import Predictor, predict_files
+from deformvision.viz.plots import plot_collapse
+from deformvision.viz.report import write_html_report
 
 SIGNAL_FILE = "blocked"  # written by the child into the case's folder once it is inside the write
 TIMEOUT_S = 120
@@ -129,6 +131,20 @@ def _predictions_case(tmp: Path) -> tuple[Callable[[], None], list[Path]]:
     return lambda: predict_files(predictor, images, out, top_k=2), [target]
 
 
+_BLOCKS = {"stages.0.blocks.0": {"cross_query": 0.9, "cross_layer": None},
+           "stages.0.blocks.1": {"cross_query": 0.8, "cross_layer": 0.7}}  # fmt: skip
+
+
+def _report_case(tmp: Path) -> tuple[Callable[[], None], list[Path]]:
+    report = write_html_report(tmp / "report.html", "earlier", [("one", "<p>earlier</p>", [])])
+    return lambda: write_html_report(report, "new", [("two", "<p>new</p>", [Image.new("RGB", (8, 8))])]), [report]
+
+
+def _plot_case(tmp: Path) -> tuple[Callable[[], None], list[Path]]:
+    plot = plot_collapse({"earlier": _BLOCKS}, tmp / "collapse.png")
+    return lambda: plot_collapse({"new": _BLOCKS}, plot), [plot]
+
+
 CASES = {  # kind: (case, the file the new write is killed in, relative to the case's folder)
     "config.yaml": (_config_case, "config.yaml"),
     "checkpoint weights": (_checkpoint_case, "checkpoints/step_000000002.safetensors"),
@@ -136,6 +152,8 @@ CASES = {  # kind: (case, the file the new write is killed in, relative to the c
     "last-checkpoint pointer": (_checkpoint_case, POINTER),
     "converted weights": (_convert_case, "converted.safetensors"),
     "predictions.json": (_predictions_case, "predictions/predictions.json"),
+    "analysis report": (_report_case, "report.html"),
+    "collapse plot": (_plot_case, "collapse.png"),
 }
 
 

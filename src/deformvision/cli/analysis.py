@@ -2,7 +2,6 @@
 
 import argparse
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from sklearn.datasets import load_digits
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from deformvision._atomic import save_image_atomic, write_json_atomic
 from deformvision.analysis import attention_collapse, collapse
 from deformvision.cli._common import _error, _positive_int
 from deformvision.data._image import load_rgb
@@ -176,7 +176,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"images": [name for name, _ in images], "img_size": args.img_size, "models": results}
-    (args.out / "collapse.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(args.out / "collapse.json", summary)
     try:
         plot = plot_collapse(
             {f"{e['model']} ({e['weights']})": e["blocks"] for e in results.values()}, args.out / "collapse.png"
@@ -289,8 +289,8 @@ def _viz_image(args, model: nn.Module, config, backbone: nn.Module, has_dat: boo
         for block, points, top in figures:
             for kind, panel in (("points", points), ("top_keys", top)):
                 written.append(args.out / f"{file.stem}_dat_{block}_{kind}.png")
-                panel.save(written[-1])
+                save_image_atomic(panel, written[-1])
     if isinstance(model, DeformableDETR):
         written.append(args.out / f"{file.stem}_detr.png")
-        detr_figure(model, x, image, args.max_queries, scale).save(written[-1])
+        save_image_atomic(detr_figure(model, x, image, args.max_queries, scale), written[-1])
     return written

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from deformvision._atomic import atomic_write
+
 MEASURES = ("cross_query", "cross_layer")
 
 
@@ -42,6 +44,6 @@ def plot_collapse(results: dict[str, dict[str, dict[str, float | None]]], path: 
         axis.set_ylabel("mean cosine similarity")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
     plt.close(figure)
     return Path(path)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from deformvision._atomic import write_text_atomic
+
 
 def _png_data(image: Image.Image | Path) -> str:
     data = Path(image).read_bytes() if isinstance(image, Path) else _png_bytes(image)
@@ -46,7 +48,7 @@ def write_html_report(
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
         parts += [f'<div><img src="{_png_data(image)}" alt="{html.escape(heading)}"></div>' for image in images]
     parts.append("</body></html>")
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts))
     return Path(path)
 
 
