@@ -29,11 +29,9 @@ from deformvision.convert.checkpoint import head_num_classes
 from deformvision.data import ADE20K_CLASSES, DIGITS_SEMANTIC_CLASSES, IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
-from deformvision.engine.checkpoint import find_checkpoint
 from deformvision.engine.coco_eval import masks_to_rle
 from deformvision.engine.distributed import resolve_device
-from deformvision.engine.run_dir import RUN_CONFIG
-from deformvision.engine.trainer import FINAL_WEIGHTS
+from deformvision.engine.run_dir import RUN_CONFIG, run_weights
 from deformvision.models import (
     create_model,
     get_pretrained_cfg,
@@ -148,16 +146,6 @@ class Predictor:
 
 # --------------------------------------------------------------------------------------------------
 # Building a predictor
-
-
-def run_weights(run_dir: Path) -> Path:
-    """A run directory's final weights, else its newest checkpoint's (as ``deformvision eval`` picks them)."""
-    if (run_dir / FINAL_WEIGHTS).is_file():
-        return run_dir / FINAL_WEIGHTS
-    found = find_checkpoint(run_dir)
-    if found is None:
-        raise FileNotFoundError(f"run directory {run_dir} has no {FINAL_WEIGHTS} and no checkpoint")
-    return found[0]
 
 
 def class_names_of(config: TrainConfig) -> list[str] | None:

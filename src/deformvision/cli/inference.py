@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from deformvision.cli._common import _error, _json_object, _positive_int
+from deformvision.cli._common import _error, _json_object, _positive_int, config_file
 from deformvision.demo import DEFAULT_MINUTES, DEFAULT_OUTPUT_DIR, TASKS, run_demo
 from deformvision.engine import ConfigError
 from deformvision.predict import load_predictor, predict_files
@@ -27,7 +27,7 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "examples:\n"
             "  deformvision predict --run deformvision_demo photos/ more.png\n"
-            "  deformvision predict --config configs/deformable_detr_digits.yaml \\\n"
+            "  deformvision predict --config deformable_detr_digits \\\n"
             "      --checkpoint runs/deformable_detr_digits/model_final.safetensors img.png\n"
             "  deformvision predict --model deformable_detr_r50 --checkpoint r50_deformable_detr.pth \\\n"
             "      --img-size 800 img.jpg\n"
@@ -39,7 +39,9 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="DIR", help="a training run directory (config.yaml and weights)")
-    source.add_argument("--config", metavar="FILE", help="a YAML config (model, data and evaluation resize)")
+    source.add_argument(
+        "--config", metavar="FILE", help="a YAML config or a recipe name (model, data and evaluation resize)"
+    )
     source.add_argument("--model", metavar="NAME", help="a registered model name")
     parser.add_argument(
         "--checkpoint", metavar="PATH",
@@ -75,8 +77,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.img_size is not None:
         overrides += [f"aug.val_size={args.img_size}", f"data.img_size={args.img_size}"]
     try:
-        predictor = load_predictor(run=args.run, config=args.config, model=args.model, checkpoint=args.checkpoint,
-                                   overrides=overrides, model_kwargs=args.model_kwargs, device=args.device)  # fmt: skip
+        config = config_file(args.config) if args.config is not None else None
+        predictor = load_predictor(run=args.run, config=config, model=args.model, checkpoint=args.checkpoint,
+                                   overrides=overrides, model_kwargs=args.model_kwargs, device=args.device)
         path = predict_files(predictor, args.inputs, args.output_dir, score_threshold=args.score_threshold,
                              top_k=args.top_k, batch_size=args.batch_size)  # fmt: skip
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:

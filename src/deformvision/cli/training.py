@@ -2,16 +2,15 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import yaml
 
 from deformvision._atomic import write_text_atomic
-from deformvision.cli._common import _error, _positive_int
+from deformvision.cli._common import _error, _positive_int, config_file
 from deformvision.engine import ConfigError, TrainConfig, Trainer, config_to_dict, evaluate, load_config
 from deformvision.engine.distributed import destroy_distributed, is_main_process
 from deformvision.models import list_models
-from deformvision.recipes import list_recipes, recipe_path
+from deformvision.recipes import list_recipes
 
 # --------------------------------------------------------------------------------------------------
 # train and eval: a YAML config (or the defaults), `--set` overrides, then the shortcut flags
@@ -59,22 +58,6 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     if args.no_progress:
         overrides.append("log.progress=false")
     return overrides
-
-
-def config_file(config: str) -> Path:
-    """The YAML file a ``CONFIG`` argument names: an existing file path, else a recipe name (or ``NAME.yaml``).
-
-    Raises:
-        FileNotFoundError: ``config`` is neither an existing file nor a recipe; the message lists the recipes.
-    """
-    path = Path(config)
-    if path.is_file():
-        return path
-    if path.name == config and path.stem in list_recipes():  # a bare name, not a path into some directory
-        return recipe_path(path.stem)
-    raise FileNotFoundError(
-        f"config file not found: {config} (nor is it a recipe name; recipes: {', '.join(list_recipes())})"
-    )
 
 
 def _load_run_config(command: str, args: argparse.Namespace) -> TrainConfig | None:

@@ -1,7 +1,9 @@
 """Training and evaluation: loops, configs, checkpoints, distributed runs, COCO evaluation.
 
 >>> from deformvision.engine import load_config, train
->>> metrics = train(load_config("configs/dat_digits.yaml", ["schedule.epochs=1"]))  # doctest: +SKIP
+>>> from deformvision.recipes import recipe_path
+>>> config = load_config(recipe_path("dat_digits"), ["schedule.epochs=1", "schedule.warmup_epochs=0"])
+>>> metrics = train(config)  # doctest: +SKIP
 
 - :mod:`~deformvision.engine.config`: :class:`TrainConfig` and YAML loading with overrides;
 - :mod:`~deformvision.engine.builders`: model, data, task and loaders from a config (reused by other commands);

@@ -1,6 +1,6 @@
 """Optimizer parameter groups and per-step learning-rate schedules.
 
-Recipes (``configs/``):
+Recipes (``deformvision/recipes/``):
 
 - DAT (as Swin/timm): AdamW, no weight decay on 1-d parameters (norm weights, biases) nor on the
   position tables (``relative_position_bias_table``, ``rpe_table``); cosine schedule with linear warmup,

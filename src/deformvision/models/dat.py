@@ -426,7 +426,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Registered variants: the official v1 configurations (configs/dat_{tiny,small,base}.yaml, dat_base_384),
+# Registered variants: the official v1 configurations (LeapLabTHU/DAT configs/dat_{tiny,small,base}.yaml, dat_base_384),
 # in our registry and in timm's. Weights: the official ImageNet-1k checkpoints (LeapLabTHU/DAT README),
 # converted on loading by DAT.checkpoint_filter. Their SHA-256 digests are not pinned yet (no copy could
 # be fetched where this was written): the first download's digest is recorded and checked afterwards.
