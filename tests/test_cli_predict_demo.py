@@ -27,7 +27,7 @@ TINY_BACKBONE = {
     "dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "groups": [-1, -1, 1, 1],
     "window_sizes": [4, 4, 2, 2], "stage_spec": [["L"], ["S"], ["D"], ["D"]],
 }  # fmt: skip
-TINY_DETR = {"d_model": 32, "nheads": 2, "dim_feedforward": 32, "num_queries": 8,
+TINY_DETR = {"d_model": 32, "num_heads": 2, "dim_feedforward": 32, "num_queries": 8,
              "backbone_kwargs": TINY_BACKBONE}  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def test_deformable_attention_records_probabilities_and_the_forward_points():
 
 def test_msda_records_the_layer_locations():
     torch.manual_seed(0)
-    layer = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3)
+    layer = MSDeformAttn(d_model=16, num_levels=2, num_heads=2, num_points=3)
     torch.nn.init.normal_(layer.sampling_offsets.weight, std=0.1)
     shapes = torch.tensor([[4, 6], [2, 3]])
     value = torch.randn(1, 30, 16)

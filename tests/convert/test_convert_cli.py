@@ -21,7 +21,7 @@ from deformvision.convert import save_safetensors
 from deformvision.models import create_model
 
 DAT_FIXTURE = Path(__file__).parents[1] / "fixtures" / "dat" / "tiny64"
-DETR_KWARGS = {"num_queries": 7, "d_model": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 48}
+DETR_KWARGS = {"num_queries": 7, "d_model": 32, "num_heads": 2, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 48}
 
 
 def run_convert(*args: str) -> subprocess.CompletedProcess:

@@ -138,7 +138,7 @@ def test_saved_directory_loads_through_create_model_and_convert(name, tmp_path):
     result = convert_checkpoint(tmp_path / "hf", tmp_path / "ours.safetensors")  # model and sizes from config.json
     assert result.model == name
     assert result.model_kwargs == {
-        "num_classes": NUM_CLASSES, "num_queries": NUM_QUERIES, "nheads": 8,
+        "num_classes": NUM_CLASSES, "num_queries": NUM_QUERIES, "num_heads": 8,
         "num_feature_levels": VARIANTS[name]["num_feature_levels"], **OURS,
     }  # fmt: skip
     written = load_file(tmp_path / "ours.safetensors")

@@ -10,7 +10,7 @@ from deformvision.engine import Trainer, build_data, build_model, build_task, ev
 from deformvision.engine.coco_eval import STAT_NAMES
 from deformvision.engine.config import config_from_dict
 
-SMALL_DETR = {"num_queries": 10, "d_model": 32, "nheads": 2, "dim_feedforward": 32, "enc_layers": 1, "dec_layers": 2,
+SMALL_DETR = {"num_queries": 10, "d_model": 32, "num_heads": 2, "dim_feedforward": 32, "enc_layers": 1, "dec_layers": 2,
               "enc_n_points": 2, "dec_n_points": 2}  # fmt: skip
 
 

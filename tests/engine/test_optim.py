@@ -87,7 +87,7 @@ def test_dat_groups_skip_decay_on_norms_biases_and_position_tables():
 @pytest.fixture(scope="module")
 def tiny_detector() -> DeformableDETR:
     backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
-    return DeformableDETR(backbone, num_classes=3, num_queries=8, d_model=32, nheads=2, enc_layers=1, dec_layers=2,
+    return DeformableDETR(backbone, num_classes=3, num_queries=8, d_model=32, num_heads=2, enc_layers=1, dec_layers=2,
                           dim_feedforward=32, enc_n_points=2, dec_n_points=2)  # fmt: skip
 
 

@@ -24,7 +24,7 @@ def golden() -> dict[str, torch.Tensor]:
 
 
 def build(golden: dict[str, torch.Tensor], dtype: torch.dtype) -> MSDeformAttn:
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=4)
+    module = MSDeformAttn(d_model=16, num_levels=2, num_heads=2, num_points=4)
     module.load_state_dict({name: golden[f"param.{name}"] for name in PARAM_NAMES})
     return module.to(dtype)
 
@@ -68,7 +68,7 @@ def test_padded_values_are_ignored(golden):
 def test_official_initialisation(golden):
     expected = golden["init.sampling_offsets.bias_h8_l4_p4"]
     assert torch.equal(directional_offset_bias(8, 4, 4), expected)
-    module = MSDeformAttn(d_model=256, n_levels=4, n_heads=8, n_points=4)
+    module = MSDeformAttn(d_model=256, num_levels=4, num_heads=8, num_points=4)
     assert torch.equal(module.sampling_offsets.bias.detach(), expected)
     assert not module.sampling_offsets.weight.any() and not module.attention_weights.weight.any()
     assert not module.attention_weights.bias.any()
@@ -80,7 +80,7 @@ def test_official_initialisation(golden):
 def test_uniform_attention_at_init():
     """At initialisation every point of every level gets weight 1 / (L * P): constant values give constant output."""
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2).double()
+    module = MSDeformAttn(d_model=16, num_levels=2, num_heads=2, num_points=2).double()
     shapes = torch.tensor([[4, 4], [2, 2]])
     start = torch.tensor([0, 16])
     query = torch.randn(1, 3, 16, dtype=torch.float64)
@@ -121,13 +121,17 @@ def test_float32_reference_points_in_a_float64_module(golden):
 @settings(max_examples=40, deadline=None)
 @given(
     case=st.sampled_from(
-        [(name, bad) for name in ("d_model", "n_levels", "n_heads", "n_points") for bad in (0, -1, 2.0, True, None)]
-        + [("n_heads", 3)]  # does not divide d_model = 16
+        [
+            (name, bad)
+            for name in ("d_model", "num_levels", "num_heads", "num_points")
+            for bad in (0, -1, 2.0, True, None)
+        ]
+        + [("num_heads", 3)]  # does not divide d_model = 16
     )
 )
 def test_constructor_rejects_invalid_argument_by_name(case):
     name, bad = case
-    arguments = {"d_model": 16, "n_levels": 2, "n_heads": 2, "n_points": 4, name: bad}
+    arguments = {"d_model": 16, "num_levels": 2, "num_heads": 2, "num_points": 4, name: bad}
     with pytest.raises(ValueError, match=name):
         MSDeformAttn(**arguments)
 

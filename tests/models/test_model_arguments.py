@@ -17,7 +17,7 @@ NARROW = {
     "groups": (-1, -1, 1, 2),
     "stage_spec": (("L",), ("S",), ("D",), ("D",)),
 }
-DETR = {"num_queries": 4, "d_model": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 16}
+DETR = {"num_queries": 4, "d_model": 32, "num_heads": 2, "enc_layers": 1, "dec_layers": 1, "dim_feedforward": 16}
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_smallest_img_size_is_eight_patches():
         ({"num_queries": 0}, ValueError, r"num_queries must be an int >= 1, got 0"),
         ({"num_classes": 0}, ValueError, r"num_classes must be an int >= 1, got 0"),
         ({"num_classes": -1}, ValueError, r"num_classes must be an int >= 1, got -1"),
-        ({"nheads": 3}, ValueError, r"nheads \(3\) must divide d_model \(32\)"),
+        ({"num_heads": 3}, ValueError, r"num_heads \(3\) must divide d_model \(32\)"),
         ({"dropout": 1.5}, ValueError, r"dropout must be in \[0, 1\), got 1.5"),
         ({"aux_loss": 1}, TypeError, r"aux_loss must be True or False, got 1 \(int\)"),
         ({"dec_n_points": 0}, ValueError, r"dec_n_points must be an int >= 1, got 0"),
@@ -116,7 +116,7 @@ def test_deformable_detr_refuses_bad_arguments(kwargs, error, message):
 
 def test_deformable_transformer_refuses_zero_layers():
     with pytest.raises(ValueError, match=r"num_decoder_layers must be an int >= 1, got 0"):
-        DeformableTransformer(d_model=32, n_heads=2, num_decoder_layers=0)
+        DeformableTransformer(d_model=32, num_heads=2, num_decoder_layers=0)
 
 
 @pytest.mark.parametrize("name", ["retinanet_dat_tiny", "mask_rcnn_dat_tiny", "cascade_mask_rcnn_dat_tiny"])

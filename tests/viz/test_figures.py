@@ -28,7 +28,7 @@ def tiny_detector() -> DeformableDETR:
     torch.manual_seed(0)
     backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
     return DeformableDETR(
-        backbone, 3, num_queries=5, d_model=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64
+        backbone, 3, num_queries=5, d_model=32, num_heads=4, enc_layers=1, dec_layers=1, dim_feedforward=64
     ).eval()
 
 

@@ -109,7 +109,7 @@ def test_draw_dat_sampling_points(tmp_path: Path):
 
 def _msda_inputs(reference_dim: int) -> tuple[MSDeformAttn, tuple]:
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3).double()
+    module = MSDeformAttn(d_model=32, num_levels=2, num_heads=4, num_points=3).double()
     torch.nn.init.normal_(module.sampling_offsets.weight, std=0.5)  # not the official all-zero start
     torch.nn.init.normal_(module.attention_weights.weight, std=0.5)
     shapes = torch.tensor([[8, 8], [4, 4]])
@@ -159,7 +159,7 @@ def test_record_sampling_locations_hooks_each_call_and_cleans_up():
 def test_record_sampling_locations_inside_a_detector():
     torch.manual_seed(0)
     backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
-    detector = DeformableDETR(backbone, 3, num_queries=5, d_model=32, nheads=4, enc_layers=1, dec_layers=2,
+    detector = DeformableDETR(backbone, 3, num_queries=5, d_model=32, num_heads=4, enc_layers=1, dec_layers=2,
                               dim_feedforward=64, with_box_refine=True, two_stage=True).eval()  # fmt: skip
     with torch.no_grad(), record_sampling_locations(detector.transformer.decoder.layers[-1].cross_attn) as calls:
         detector([torch.randn(3, 128, 128)])

@@ -1,7 +1,7 @@
 """Multi-scale deformable attention module of Deformable DETR (Zhu et al., ICLR 2021).
 
-Every query attends to ``n_points`` learned locations around its reference point on each of the
-``n_levels`` feature maps, per head; the sampling itself is :func:`deformvision.ops.ms_deform_attn`.
+Every query attends to ``num_points`` learned locations around its reference point on each of the
+``num_levels`` feature maps, per head; the sampling itself is :func:`deformvision.ops.ms_deform_attn`.
 Parameter names, layouts and initialisation are those of the official ``MSDeformAttn``
 (fundamentalvision/Deformable-DETR@11169a6, ``models/ops/modules/ms_deform_attn.py``), so its weights
 load unchanged.
@@ -18,20 +18,20 @@ from deformvision.ops._validation import check_int, check_tensor
 from deformvision.ops.msda import ms_deform_attn
 
 
-def directional_offset_bias(n_heads: int, n_levels: int, n_points: int) -> Tensor:
-    """The official initial ``sampling_offsets.bias``: ``(n_heads * n_levels * n_points * 2,)`` float32.
+def directional_offset_bias(num_heads: int, num_levels: int, num_points: int) -> Tensor:
+    """The official initial ``sampling_offsets.bias``: ``(num_heads * num_levels * num_points * 2,)`` float32.
 
-    Head ``m`` looks in the direction ``theta_m = 2 pi m / n_heads``, as ``(cos, sin)`` divided by
+    Head ``m`` looks in the direction ``theta_m = 2 pi m / num_heads``, as ``(cos, sin)`` divided by
     ``max(|cos|, |sin|)`` (a point on the square of radius 1, computed in float32 as the official code,
     so e.g. the "0" of head 2 of 8 is ``-4.37e-8``); point ``k`` sits ``k + 1`` times as far out, the same
     on every level. Layout ``[head][level][point][x, y]``, in pixels of the level for 2-d references.
     """
-    thetas = torch.arange(n_heads, dtype=torch.float32) * (2.0 * math.pi / n_heads)
-    directions = torch.stack([thetas.cos(), thetas.sin()], -1)  # n_heads, 2
+    thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    directions = torch.stack([thetas.cos(), thetas.sin()], -1)  # num_heads, 2
     directions = directions / directions.abs().max(-1, keepdim=True).values
-    scale = torch.arange(1, n_points + 1, dtype=torch.float32)  # point k -> k + 1
-    grid = directions[:, None, None, :] * scale[None, None, :, None]  # n_heads, 1, n_points, 2
-    return grid.expand(n_heads, n_levels, n_points, 2).flatten()
+    scale = torch.arange(1, num_points + 1, dtype=torch.float32)  # point k -> k + 1
+    grid = directions[:, None, None, :] * scale[None, None, :, None]  # num_heads, 1, num_points, 2
+    return grid.expand(num_heads, num_levels, num_points, 2).flatten()
 
 
 class MSDeformSampling(nn.Module):
@@ -60,7 +60,7 @@ class MSDeformAttn(nn.Module):
     its bottom-right corner, pixel centre ``(i, j)`` at ``((j + 0.5) / W_l, (i + 0.5) / H_l)``:
 
     * 2-d reference points ``(x, y)``: ``loc = ref + offset / (W_l, H_l)`` (offsets in pixels of level l);
-    * 4-d reference boxes ``(cx, cy, w, h)``: ``loc = (cx, cy) + offset / n_points * (w, h) * 0.5``.
+    * 4-d reference boxes ``(cx, cy, w, h)``: ``loc = (cx, cy) + offset / num_points * (w, h) * 0.5``.
 
     Initialisation (official): ``sampling_offsets.weight = 0`` and its bias the directional grid of
     :func:`directional_offset_bias`; ``attention_weights`` weight and bias 0 (uniform attention);
@@ -68,10 +68,10 @@ class MSDeformAttn(nn.Module):
 
     Args:
         d_model: channels of queries, inputs and output.
-        n_levels: feature levels ``L``.
-        n_heads: attention heads ``M`` (``d_model`` divisible by it; a head size that is not a power of
+        num_levels: feature levels ``L``.
+        num_heads: attention heads ``M`` (``d_model`` divisible by it; a head size that is not a power of
             2 only triggers a warning, as in the official code, where it was slower in CUDA).
-        n_points: sampling points ``P`` per head and level.
+        num_points: sampling points ``P`` per head and level.
 
     Shape:
         - query: ``(N, Lq, d_model)``
@@ -84,27 +84,28 @@ class MSDeformAttn(nn.Module):
         - Output: ``(N, Lq, d_model)``; batch 0 gives an empty output.
 
     Raises:
-        ValueError: sizes that are not positive ints or ``n_heads`` not dividing ``d_model``; in ``forward``,
-            tensors of the wrong rank or size (``d_model``, batch, ``n_levels`` rows of ``spatial_shapes``) or a
+        ValueError: sizes that are not positive ints or ``num_heads`` not dividing ``d_model``; in ``forward``,
+            tensors of the wrong rank or size (``d_model``, batch, ``num_levels`` rows of ``spatial_shapes``) or a
             padding mask that is not a bool ``(N, S)`` tensor.
         TypeError: in ``forward``, an argument that is not a tensor (the mask may be None).
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+    def __init__(self, d_model: int = 256, num_levels: int = 4, num_heads: int = 8, num_points: int = 4) -> None:
         super().__init__()
-        for name, size in (("d_model", d_model), ("n_levels", n_levels), ("n_heads", n_heads), ("n_points", n_points)):
+        sizes = {"d_model": d_model, "num_levels": num_levels, "num_heads": num_heads, "num_points": num_points}
+        for name, size in sizes.items():
             check_int(name, size, 1)
-        if d_model % n_heads:
-            raise ValueError(f"d_model must be divisible by n_heads, got {d_model} and {n_heads}")
-        head_dim = d_model // n_heads
+        if d_model % num_heads:
+            raise ValueError(f"d_model must be divisible by num_heads, got {d_model} and {num_heads}")
+        head_dim = d_model // num_heads
         if head_dim & (head_dim - 1):
             warnings.warn(f"MSDeformAttn head size {head_dim} is not a power of 2", stacklevel=2)
         self.d_model = d_model
-        self.n_levels = n_levels
-        self.n_heads = n_heads
-        self.n_points = n_points
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(d_model, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(d_model, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self.sampling = MSDeformSampling()
@@ -114,7 +115,7 @@ class MSDeformAttn(nn.Module):
         """The official initialisation (see the class docstring)."""
         with torch.no_grad():
             nn.init.zeros_(self.sampling_offsets.weight)
-            self.sampling_offsets.bias.copy_(directional_offset_bias(self.n_heads, self.n_levels, self.n_points))
+            self.sampling_offsets.bias.copy_(directional_offset_bias(self.num_heads, self.num_levels, self.num_points))
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         for proj in (self.value_proj, self.output_proj):
@@ -122,7 +123,8 @@ class MSDeformAttn(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
+        sizes = f"num_levels={self.num_levels}, num_heads={self.num_heads}, num_points={self.num_points}"
+        return f"d_model={self.d_model}, {sizes}"
 
     def _check_forward_arguments(
         self,
@@ -145,9 +147,9 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"input_flatten must have shape (N={N}, S, d_model={self.d_model}), got {tuple(input_flatten.shape)}"
             )
-        if tuple(spatial_shapes.shape) != (self.n_levels, 2):
+        if tuple(spatial_shapes.shape) != (self.num_levels, 2):
             raise ValueError(
-                f"spatial_shapes must have shape (n_levels={self.n_levels}, 2), got {tuple(spatial_shapes.shape)}"
+                f"spatial_shapes must have shape (num_levels={self.num_levels}, 2), got {tuple(spatial_shapes.shape)}"
             )
         if input_padding_mask is not None and (
             input_padding_mask.dtype != torch.bool or input_padding_mask.shape != input_flatten.shape[:2]
@@ -169,7 +171,7 @@ class MSDeformAttn(nn.Module):
         self._check_forward_arguments(query, reference_points, input_flatten, spatial_shapes, input_padding_mask)
         N, Lq, _ = query.shape
         S = input_flatten.shape[1]
-        M, L, P = self.n_heads, self.n_levels, self.n_points
+        M, L, P = self.num_heads, self.num_levels, self.num_points
         if reference_points.shape[-1] not in (2, 4) or tuple(reference_points.shape[:3]) != (N, Lq, L):
             raise ValueError(
                 f"reference_points must be (N, Lq, L, 2) points (x, y) or (N, Lq, L, 4) boxes (cx, cy, w, h) = "

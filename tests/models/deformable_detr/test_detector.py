@@ -19,7 +19,7 @@ from deformvision.models._checkpoint import check_state_dict, load_checkpoint
 from deformvision.models.deformable_detr import DeformableDETR, pad_images
 
 KEYS = Path(__file__).parents[2] / "fixtures" / "ddetr_r50_keys.json"
-SMALL = dict(d_model=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=32, enc_n_points=2, dec_n_points=2)
+SMALL = dict(d_model=32, num_heads=2, enc_layers=1, dec_layers=2, dim_feedforward=32, enc_n_points=2, dec_n_points=2)
 VARIANT_FLAGS = {
     "multi_scale": {},
     "box_refine": {"with_box_refine": True},

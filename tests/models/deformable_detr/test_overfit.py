@@ -73,7 +73,7 @@ def tiny_detector() -> DeformableDETR:
         stage_spec=(("L", "S"), ("L", "S"), ("L", "D"), ("L", "D")), drop_path_rate=0.0,
     )  # fmt: skip
     return DeformableDETR(
-        backbone, len(COLOURS), num_queries=10, num_feature_levels=4, d_model=64, nheads=4, enc_layers=1,
+        backbone, len(COLOURS), num_queries=10, num_feature_levels=4, d_model=64, num_heads=4, enc_layers=1,
         dec_layers=1, dim_feedforward=128, dropout=0.0,
     )  # fmt: skip
 

@@ -3,13 +3,13 @@ ICLR 2021)."""
 
 from deformvision.models.deformable_detr import models  # noqa: F401  (register the variants)
 from deformvision.models.deformable_detr.criterion import SetCriterion, weight_dict, weighted_loss
-from deformvision.models.deformable_detr.detector import MLP, DeformableDETR, pad_images
+from deformvision.models.deformable_detr.detector import BoxMLP, DeformableDETR, pad_images
 from deformvision.models.deformable_detr.matcher import HungarianMatcher
 from deformvision.models.deformable_detr.postprocess import PostProcess
 from deformvision.models.deformable_detr.transformer import DeformableTransformer, TransformerOutput
 
 __all__ = [
-    "MLP",
+    "BoxMLP",
     "DeformableDETR",
     "DeformableTransformer",
     "HungarianMatcher",

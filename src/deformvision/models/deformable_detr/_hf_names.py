@@ -222,7 +222,7 @@ def huggingface_model_config(config: dict[str, Any]) -> tuple[str, dict[str, Any
         name = "deformable_detr_r50"
     kwargs = {
         "num_queries": c["num_queries"], "num_feature_levels": c["num_feature_levels"], "d_model": c["d_model"],
-        "nheads": c["encoder_attention_heads"], "enc_layers": c["encoder_layers"], "dec_layers": c["decoder_layers"],
+        "num_heads": c["encoder_attention_heads"], "enc_layers": c["encoder_layers"], "dec_layers": c["decoder_layers"],
         "dim_feedforward": c["encoder_ffn_dim"], "enc_n_points": c["encoder_n_points"],
         "dec_n_points": c["decoder_n_points"],
     }  # fmt: skip

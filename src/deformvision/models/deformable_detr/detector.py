@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 _ALIAS_PREFIXES = ("transformer.decoder.class_embed.", "transformer.decoder.bbox_embed.")
 
 
-class MLP(nn.Module):
+class BoxMLP(nn.Module):
     """``num_layers`` linear layers with ReLU in between (the box head; official name ``layers.{i}``).
 
     Shape:
@@ -94,7 +94,7 @@ class DeformableDETR(nn.Module):
         two_stage: two-stage query selection; requires ``with_box_refine`` (the official models only exist
             that way), else a ValueError.
         aux_loss: return every decoder layer's predictions (``aux_outputs``).
-        d_model, nheads, enc_layers, dec_layers, dim_feedforward, dropout, enc_n_points, dec_n_points:
+        d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout, enc_n_points, dec_n_points:
             transformer sizes (see :class:`DeformableTransformer`); ``d_model`` divisible by 32 (GroupNorm).
 
     Outputs of :meth:`forward` (a dict), ``B`` images, ``Q`` queries:
@@ -114,7 +114,7 @@ class DeformableDETR(nn.Module):
         two_stage: bool = False,
         aux_loss: bool = True,
         d_model: int = 256,
-        nheads: int = 8,
+        num_heads: int = 8,
         enc_layers: int = 6,
         dec_layers: int = 6,
         dim_feedforward: int = 1024,
@@ -128,7 +128,7 @@ class DeformableDETR(nn.Module):
             "num_queries": num_queries,
             "num_feature_levels": num_feature_levels,
             "d_model": d_model,
-            "nheads": nheads,
+            "num_heads": num_heads,
             "enc_layers": enc_layers,
             "dec_layers": dec_layers,
             "dim_feedforward": dim_feedforward,
@@ -150,8 +150,8 @@ class DeformableDETR(nn.Module):
             )
         if d_model % 32:
             raise ValueError(f"d_model must be divisible by 32 (GroupNorm(32) in the input projections), got {d_model}")
-        if d_model % nheads:
-            raise ValueError(f"nheads ({nheads}) must divide d_model ({d_model})")
+        if d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
         self.backbone = backbone
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -160,7 +160,7 @@ class DeformableDETR(nn.Module):
         self.two_stage = two_stage
         self.aux_loss = aux_loss
         self.transformer = DeformableTransformer(
-            d_model, nheads, enc_layers, dec_layers, dim_feedforward, dropout, num_feature_levels,
+            d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout, num_feature_levels,
             enc_n_points, dec_n_points, box_refine=with_box_refine, two_stage=two_stage, num_proposals=num_queries,
         )  # fmt: skip
         projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
@@ -176,7 +176,7 @@ class DeformableDETR(nn.Module):
             self.query_embed = nn.Embedding(num_queries, 2 * d_model)
 
         class_head = nn.Linear(d_model, num_classes)
-        box_head = MLP(d_model, d_model, 4, 3)
+        box_head = BoxMLP(d_model, d_model, 4, 3)
         nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))
         nn.init.zeros_(box_head.layers[-1].weight)
         nn.init.zeros_(box_head.layers[-1].bias)

@@ -119,7 +119,7 @@ DIGITS_BACKBONE: dict[str, Any] = {
     "out_indices": (1, 2, 3), "drop_path_rate": 0.0,
 }  # fmt: skip
 DIGITS_DETR: dict[str, Any] = {
-    "num_queries": 30, "d_model": 64, "nheads": 4, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 256,
+    "num_queries": 30, "d_model": 64, "num_heads": 4, "enc_layers": 1, "dec_layers": 2, "dim_feedforward": 256,
     "dropout": 0.0, "with_box_refine": True, "two_stage": True,
 }  # fmt: skip
 

@@ -132,10 +132,10 @@ class DeformableEncoderLayer(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, dim_feedforward: int, dropout: float, n_levels: int, n_heads: int, n_points: int
+        self, d_model: int, dim_feedforward: int, dropout: float, num_levels: int, num_heads: int, num_points: int
     ) -> None:
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -181,13 +181,13 @@ class DeformableDecoderLayer(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, dim_feedforward: int, dropout: float, n_levels: int, n_heads: int, n_points: int
+        self, d_model: int, dim_feedforward: int, dropout: float, num_levels: int, num_heads: int, num_points: int
     ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.cross_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -307,7 +307,7 @@ class DeformableTransformer(nn.Module):
 
     Args:
         d_model: channels.
-        n_heads: attention heads (encoder, decoder self- and cross-attention).
+        num_heads: attention heads (encoder, decoder self- and cross-attention).
         num_encoder_layers, num_decoder_layers: depths.
         dim_feedforward: FFN hidden channels.
         dropout: dropout in every layer (and in the decoder's self-attention weights).
@@ -321,7 +321,7 @@ class DeformableTransformer(nn.Module):
     def __init__(
         self,
         d_model: int = 256,
-        n_heads: int = 8,
+        num_heads: int = 8,
         num_encoder_layers: int = 6,
         num_decoder_layers: int = 6,
         dim_feedforward: int = 1024,
@@ -336,7 +336,7 @@ class DeformableTransformer(nn.Module):
         super().__init__()
         sizes = {
             "d_model": d_model,
-            "n_heads": n_heads,
+            "num_heads": num_heads,
             "num_encoder_layers": num_encoder_layers,
             "num_decoder_layers": num_decoder_layers,
             "dim_feedforward": dim_feedforward,
@@ -351,7 +351,7 @@ class DeformableTransformer(nn.Module):
         self.d_model = d_model
         self.two_stage = two_stage
         self.num_proposals = num_proposals
-        layer_args = (d_model, dim_feedforward, dropout, num_feature_levels, n_heads)
+        layer_args = (d_model, dim_feedforward, dropout, num_feature_levels, num_heads)
         self.encoder = DeformableEncoder(
             [DeformableEncoderLayer(*layer_args, enc_n_points) for _ in range(num_encoder_layers)]
         )
