@@ -29,19 +29,49 @@ from torch import nn
 import deformvision as dv
 
 OFFICIAL_CONFIGS = {  # the official constructor arguments of the registered variants (configs/*.yaml)
-    "dat_tiny": dict(dims=[96, 192, 384, 768], depths=[2, 2, 6, 2], heads=[3, 6, 12, 24], groups=[-1, -1, 3, 6],
-                     stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 3, ["L", "D"]], drop_path_rate=0.2),
-    "dat_small": dict(dims=[96, 192, 384, 768], depths=[2, 2, 18, 2], heads=[3, 6, 12, 24], groups=[-1, -1, 3, 6],
-                      stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 9, ["L", "D"]], drop_path_rate=0.3),
-    "dat_base": dict(dims=[128, 256, 512, 1024], depths=[2, 2, 18, 2], heads=[4, 8, 16, 32], groups=[-1, -1, 4, 8],
-                     stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 9, ["L", "D"]], drop_path_rate=0.5),
-}  # fmt: skip
+    "dat_tiny": dict(
+        dims=[96, 192, 384, 768],
+        depths=[2, 2, 6, 2],
+        heads=[3, 6, 12, 24],
+        groups=[-1, -1, 3, 6],
+        stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 3, ["L", "D"]],
+        drop_path_rate=0.2,
+    ),
+    "dat_small": dict(
+        dims=[96, 192, 384, 768],
+        depths=[2, 2, 18, 2],
+        heads=[3, 6, 12, 24],
+        groups=[-1, -1, 3, 6],
+        stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 9, ["L", "D"]],
+        drop_path_rate=0.3,
+    ),
+    "dat_base": dict(
+        dims=[128, 256, 512, 1024],
+        depths=[2, 2, 18, 2],
+        heads=[4, 8, 16, 32],
+        groups=[-1, -1, 4, 8],
+        stage_spec=[["L", "S"], ["L", "S"], ["L", "D"] * 9, ["L", "D"]],
+        drop_path_rate=0.5,
+    ),
+}
 COMMON_OFFICIAL_ARGS = dict(
-    img_size=224, patch_size=4, num_classes=1000, expansion=4, window_sizes=[7, 7, 7, 7], strides=[-1, -1, 1, 1],
-    offset_range_factor=[-1, -1, 2, 2], use_pes=[False, False, True, True], dwc_pes=[False] * 4,
-    sr_ratios=[-1, -1, -1, -1], no_offs=[False] * 4, fixed_pes=[False] * 4, use_dwc_mlps=[False] * 4,
-    use_conv_patches=False, drop_rate=0.0, attn_drop_rate=0.0,
-)  # fmt: skip
+    img_size=224,
+    patch_size=4,
+    num_classes=1000,
+    expansion=4,
+    window_sizes=[7, 7, 7, 7],
+    strides=[-1, -1, 1, 1],
+    offset_range_factor=[-1, -1, 2, 2],
+    use_pes=[False, False, True, True],
+    dwc_pes=[False] * 4,
+    sr_ratios=[-1, -1, -1, -1],
+    no_offs=[False] * 4,
+    fixed_pes=[False] * 4,
+    use_dwc_mlps=[False] * 4,
+    use_conv_patches=False,
+    drop_rate=0.0,
+    attn_drop_rate=0.0,
+)
 
 
 def load_official_dat_class(repo: Path) -> type:
@@ -51,8 +81,11 @@ def load_official_dat_class(repo: Path) -> type:
         layers.DropPath = dv.layers.DropPath
         layers.to_2tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
         layers.trunc_normal_ = nn.init.trunc_normal_
-        for name, module in {"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-                             "timm.models.layers": layers}.items():  # fmt: skip
+        for name, module in {
+            "timm": types.ModuleType("timm"),
+            "timm.models": types.ModuleType("timm.models"),
+            "timm.models.layers": layers,
+        }.items():
             sys.modules[name] = module
     sys.path.insert(0, str(repo))
     from models.dat import DAT  # noqa: PLC0415  (the official package, from the checkout)
@@ -135,16 +168,28 @@ def main() -> None:
         for mode in ("fwd", "fwd+bwd"):
             result = {}
             for impl in impls:
-                cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device,
-                       "--repeats", str(repeats), "--worker", f"{impl}:{batch}:{mode}"]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--model",
+                    args.model,
+                    "--device",
+                    args.device,
+                    "--repeats",
+                    str(repeats),
+                    "--worker",
+                    f"{impl}:{batch}:{mode}",
+                ]
                 if args.official_repo:
                     cmd += ["--official-repo", args.official_repo]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 result[impl] = json.loads(out.strip().splitlines()[-1])
             rows.append((batch, mode, result))
 
-    print(f"{args.model} at 224x224 on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {repeats})\n")  # fmt: skip
+    print(
+        f"{args.model} at 224x224 on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {repeats})\n"
+    )
     header = "| batch | pass | ours ms | ours peak MiB |"
     if args.official_repo:
         header += " official ms | official peak MiB | time ratio (official/ours) |"

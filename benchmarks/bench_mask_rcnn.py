@@ -133,9 +133,24 @@ def main() -> None:
     rows = {}
     for mode in ("train", "infer"):
         for model in MODELS:
-            command = [sys.executable, __file__, "--model", model, "--mode", mode, "--size", *map(str, args.size),
-                       "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                       "--device", args.device]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--model",
+                model,
+                "--mode",
+                mode,
+                "--size",
+                *map(str, args.size),
+                "--batch",
+                str(args.batch),
+                "--repeats",
+                str(args.repeats),
+                "--warmup",
+                str(args.warmup),
+                "--device",
+                args.device,
+            ]
             command += ["--grad-checkpointing"] if args.grad_checkpointing else []
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
             result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -144,17 +159,21 @@ def main() -> None:
             rows[model, mode] = json.loads(result.stdout.strip().splitlines()[-1])
 
     height, width = args.size
-    print(f"device {args.device}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch} of {height}x{width}, median of {args.repeats} "
-          f"after {args.warmup} warm-up, grad checkpointing {args.grad_checkpointing}\n")  # fmt: skip
+    print(
+        f"device {args.device}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} threads, batch {args.batch} of {height}x{width}, median of {args.repeats} "
+        f"after {args.warmup} warm-up, grad checkpointing {args.grad_checkpointing}\n"
+    )
     ours, ref = MODELS
     print(f"| pass | {ours} s | peak MiB | {ref} s | peak MiB | time ratio (DAT/R50) | memory ratio | detections/img |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("train", "infer"):
         a, b = rows[ours, mode], rows[ref, mode]
         dets = "" if a["detections"] is None else f"{a['detections']:.0f} / {b['detections']:.0f}"
-        print(f"| {mode} | {a['seconds']:.2f} | {a['peak'] / 2**20:.0f} | {b['seconds']:.2f} | {b['peak'] / 2**20:.0f} "
-              f"| {a['seconds'] / b['seconds']:.2f} | {a['peak'] / max(b['peak'], 1):.2f} | {dets} |")  # fmt: skip
+        print(
+            f"| {mode} | {a['seconds']:.2f} | {a['peak'] / 2**20:.0f} | {b['seconds']:.2f} | {b['peak'] / 2**20:.0f} "
+            f"| {a['seconds'] / b['seconds']:.2f} | {a['peak'] / max(b['peak'], 1):.2f} | {dets} |"
+        )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ def main() -> None:
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 result = "ok" if r["ok"] else "WRONG SHAPES OR NON-FINITE GRADIENTS"
-                print(f"| {model_name} | {size} | {batch} | {result} | {r['seconds']:.1f} | {r['peak'] / 2**20:.0f} |",
-                      flush=True)  # fmt: skip
+                print(
+                    f"| {model_name} | {size} | {batch} | {result} | {r['seconds']:.1f} | {r['peak'] / 2**20:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def test_a_failing_writer_keeps_the_previous_file_and_leaves_no_temporary(tmp_pa
         write_json_atomic(path, {"version": object()})
 
     def half(tmp):
-        tmp.write_bytes(b"{\"vers")
+        tmp.write_bytes(b'{"vers')
         raise KeyboardInterrupt  # interrupted mid-write
 
     with pytest.raises(KeyboardInterrupt):

@@ -12,8 +12,15 @@ def test_flops_prints_a_markdown_table(capsys):
     assert main(["flops", "dat_tiny", "--input-size", "64", "96", "--batch", "2"]) == 0
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "model", "input", "params (M)", "GMACs", "conv", "linear", "matmul", "sampling"
-    ]  # fmt: skip
+        "model",
+        "input",
+        "params (M)",
+        "GMACs",
+        "conv",
+        "linear",
+        "matmul",
+        "sampling",
+    ]
     assert set(rule) <= set("|-: ")
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[:3] == ["dat_tiny", "2x3x64x96", "28.319"]

@@ -24,11 +24,14 @@ from deformvision.recipes import recipe_path
 
 # A narrow DAT for the detector (strides 8/16/32 at 64 pixels and up) and a tiny classifier.
 TINY_BACKBONE = {
-    "dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "heads": [1, 1, 2, 2], "groups": [-1, -1, 1, 1],
-    "window_sizes": [4, 4, 2, 2], "stage_spec": [["L"], ["S"], ["D"], ["D"]],
-}  # fmt: skip
-TINY_DETR = {"d_model": 32, "num_heads": 2, "dim_feedforward": 32, "num_queries": 8,
-             "backbone_kwargs": TINY_BACKBONE}  # fmt: skip
+    "dims": [8, 16, 32, 64],
+    "depths": [1, 1, 1, 1],
+    "heads": [1, 1, 2, 2],
+    "groups": [-1, -1, 1, 1],
+    "window_sizes": [4, 4, 2, 2],
+    "stage_spec": [["L"], ["S"], ["D"], ["D"]],
+}
+TINY_DETR = {"d_model": 32, "num_heads": 2, "dim_feedforward": 32, "num_queries": 8, "backbone_kwargs": TINY_BACKBONE}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,21 @@ def test_predict_writes_json_and_pngs_for_a_folder(run_dir: Path, two_images: Pa
 
 
 def test_predict_threshold_filters(run_dir: Path, two_images: Path, tmp_path: Path):
-    assert main(["predict", str(two_images / "a.png"), "--run", str(run_dir), "--output-dir", str(tmp_path),
-                 "--score-threshold", "0.99"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(two_images / "a.png"),
+                "--run",
+                str(run_dir),
+                "--output-dir",
+                str(tmp_path),
+                "--score-threshold",
+                "0.99",
+            ]
+        )
+        == 0
+    )
     (image,) = json.loads((tmp_path / "predictions.json").read_text())["images"]
     assert image["detections"] == []  # a random model is not that sure of anything
 
@@ -111,9 +127,20 @@ def test_predict_input_errors(run_dir: Path, tmp_path: Path, capsys):
 
 
 def test_predict_with_a_config_file_and_checkpoint(run_dir: Path, two_images: Path, tmp_path: Path):
-    argv = ["predict", str(two_images / "a.png"), "--config", str(run_dir / "config.yaml"), "--checkpoint",
-            str(run_dir / "model_final.safetensors"), "--output-dir", str(tmp_path), "--set", "loss.num_select=5",
-            "--score-threshold", "0"]  # fmt: skip
+    argv = [
+        "predict",
+        str(two_images / "a.png"),
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--checkpoint",
+        str(run_dir / "model_final.safetensors"),
+        "--output-dir",
+        str(tmp_path),
+        "--set",
+        "loss.num_select=5",
+        "--score-threshold",
+        "0",
+    ]
     assert main(argv) == 0
     (image,) = json.loads((tmp_path / "predictions.json").read_text())["images"]
     assert len(image["detections"]) == 5
@@ -125,9 +152,22 @@ def test_predict_top_k_classes_of_a_registered_classifier(two_images: Path, tmp_
     model = build_model(load_config(None, ["model.name=dat_tiny", f"model.kwargs={json.dumps(kwargs)}"]), 7)
     weights = tmp_path / "classifier.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    argv = ["predict", str(two_images), "--model", "dat_tiny", "--checkpoint", str(weights), "--img-size", "32",
-            "--model-kwargs", json.dumps({k: v for k, v in kwargs.items() if k != "num_classes"}), "--top-k", "3",
-            "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "predict",
+        str(two_images),
+        "--model",
+        "dat_tiny",
+        "--checkpoint",
+        str(weights),
+        "--img-size",
+        "32",
+        "--model-kwargs",
+        json.dumps({k: v for k, v in kwargs.items() if k != "num_classes"}),
+        "--top-k",
+        "3",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 0
     result = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert result["task"] == "classification" and result["top_k"] == 3
@@ -165,14 +205,35 @@ def test_demo_end_to_end(tmp_path: Path):
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "deformvision.cli", "demo", "--epochs", "1", "--num-train", "32", "--num-val", "16",
-         "--output-dir", str(out)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "deformvision.cli",
+            "demo",
+            "--epochs",
+            "1",
+            "--num-train",
+            "32",
+            "--num-val",
+            "16",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "COCO box AP" in proc.stdout and "Average Precision" in proc.stdout
-    for name in ("config.yaml", "model_final.safetensors", "metrics.json", "log.jsonl", "sampling_points.png",
-                 "predictions/predictions.json"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "model_final.safetensors",
+        "metrics.json",
+        "log.jsonl",
+        "sampling_points.png",
+        "predictions/predictions.json",
+    ):
         assert (out / name).is_file(), name
         assert str(out / name) in proc.stdout, name  # it says where everything went
     metrics = json.loads((out / "metrics.json").read_text())
@@ -192,10 +253,26 @@ def test_semantic_demo_end_to_end(tmp_path: Path):
     """``demo --task semantic``: one epoch on 16 canvases; mIoU in metrics.json, class maps drawn and saved."""
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "deformvision.cli", "demo", "--task", "semantic", "--epochs", "1", "--num-train", "16",
-         "--num-val", "8", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "deformvision.cli",
+            "demo",
+            "--task",
+            "semantic",
+            "--epochs",
+            "1",
+            "--num-train",
+            "16",
+            "--num-val",
+            "8",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "mIoU" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -214,10 +291,26 @@ def test_instance_demo_end_to_end(tmp_path: Path):
     """``demo --task instance``: one epoch on 16 canvases; box and mask AP in metrics.json, masks as RLE."""
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "deformvision.cli", "demo", "--task", "instance", "--epochs", "1", "--num-train", "16",
-         "--num-val", "8", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "deformvision.cli",
+            "demo",
+            "--task",
+            "instance",
+            "--epochs",
+            "1",
+            "--num-train",
+            "16",
+            "--num-val",
+            "8",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "segm_AP50" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -238,8 +331,20 @@ def test_predict_with_a_model_name_uses_its_pretrained_weights(two_images, tmp_p
     cached = weights_path(cfg.url, "dat_tiny.in1k")
     cached.parent.mkdir(parents=True)
     torch.save({"model": model.state_dict()}, cached)
-    argv = ["predict", str(two_images), "--model", "dat_tiny", "--img-size", "32", "--top-k", "3",
-            "--model-kwargs", json.dumps(TINY_BACKBONE), "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "predict",
+        str(two_images),
+        "--model",
+        "dat_tiny",
+        "--img-size",
+        "32",
+        "--top-k",
+        "3",
+        "--model-kwargs",
+        json.dumps(TINY_BACKBONE),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 0
     result = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert result["weights"] == str(cached)

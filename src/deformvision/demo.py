@@ -73,8 +73,10 @@ PICTURE_SCALE = 4  # 128-pixel images drawn 512 pixels wide
 NUM_PREDICTION_PNGS = 8
 
 DATASETS: dict[str, Callable[..., Path]] = {
-    "detection": build_digits_detection, "instance": build_digits_instance, "semantic": build_digits_semantic,
-}  # fmt: skip
+    "detection": build_digits_detection,
+    "instance": build_digits_instance,
+    "semantic": build_digits_semantic,
+}
 TASKS = tuple(DATASETS)
 
 
@@ -168,8 +170,12 @@ def sampling_points_figure(
     queries = [q for q in ranked[:max_queries].tolist() if scores[q] >= score_threshold] or ranked[:1].tolist()
     size = torch.tensor([shown.width, shown.height] * 2, dtype=torch.float32)
     boxes = box_convert(outputs["pred_boxes"][0, queries].float(), in_fmt="cxcywh", out_fmt="xyxy") * size
-    panels = [add_title(draw_detections(shown, boxes, labels[queries], scores[queries], class_names, scale=scale),
-                        f"detections (score >= {score_threshold:g}, else the best)")]  # fmt: skip
+    panels = [
+        add_title(
+            draw_detections(shown, boxes, labels[queries], scores[queries], class_names, scale=scale),
+            f"detections (score >= {score_threshold:g}, else the best)",
+        )
+    ]
     for block in dat_sampling_points(model.backbone, x):
         groups = block.positions.shape[0]
         title = f"DAT {block.name}: {groups} group(s), white = reference, dot = deformed point"
@@ -229,17 +235,24 @@ def run_demo(
     if task == "semantic":  # a segmentation folder has no class names; these are the built-in set's
         data.class_names = list(DIGITS_SEMANTIC_CLASSES)
     budget = f"{epochs} epoch(s)" if epochs is not None else f"{minutes:g} minute(s)"
-    log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
+    log(
+        f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
         f"for {budget} on {torch.get_num_threads()} CPU thread(s), then evaluating on the {len(data.val)} "
-        "validation images")  # fmt: skip
+        "validation images"
+    )
     metrics = trainer.fit()
-    files = {"run config": output_dir / RUN_CONFIG, "weights": output_dir / FINAL_WEIGHTS,
-             "training log": output_dir / "log.jsonl", "metrics": output_dir / "metrics.json"}  # fmt: skip
+    files = {
+        "run config": output_dir / RUN_CONFIG,
+        "weights": output_dir / FINAL_WEIGHTS,
+        "training log": output_dir / "log.jsonl",
+        "metrics": output_dir / "metrics.json",
+    }
 
     predictor = Predictor(model.eval(), config, data.class_names, trainer.device, files["weights"])
     val_images = sorted((data_root / "val" / "images").glob("*.png"))[:NUM_PREDICTION_PNGS]
-    files["predictions"] = predict_files(predictor, val_images, output_dir / "predictions",
-                                         score_threshold=SCORE_THRESHOLD)  # fmt: skip
+    files["predictions"] = predict_files(
+        predictor, val_images, output_dir / "predictions", score_threshold=SCORE_THRESHOLD
+    )
     if task == "detection":
         records = json.loads(files["predictions"].read_text())["images"]
         busiest = max(records, key=lambda record: len(record["detections"]))  # the richest picture
@@ -249,10 +262,16 @@ def run_demo(
     total = time.perf_counter() - start
     steps, epochs_done = trainer.global_step, trainer.global_step / trainer.steps_per_epoch
     summary = {
-        "task": task, **({"coco": metrics} if task == "detection" else metrics), "steps": steps,
-        "epochs": round(epochs_done, 2), "train_seconds": round(trainer.train_seconds, 1),
-        "total_seconds": round(total, 1), "threads": torch.get_num_threads(), "num_train": num_train,
-        "num_val": num_val, "seed": seed,
-    }  # fmt: skip
+        "task": task,
+        **({"coco": metrics} if task == "detection" else metrics),
+        "steps": steps,
+        "epochs": round(epochs_done, 2),
+        "train_seconds": round(trainer.train_seconds, 1),
+        "total_seconds": round(total, 1),
+        "threads": torch.get_num_threads(),
+        "num_train": num_train,
+        "num_val": num_val,
+        "seed": seed,
+    }
     write_json_atomic(files["metrics"], summary)
     return DemoResult(output_dir, metrics, steps, epochs_done, trainer.train_seconds, total, files)

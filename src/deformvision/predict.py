@@ -125,8 +125,13 @@ class Predictor:
         for image in images:
             x = transform(image)[None].to(self.device)  # 1, 3, h, w (resized to fit aug.seg_scale)
             if aug.seg_inference == "slide":
-                logits = slide_inference(self.model, x, crop_size=aug.seg_crop, stride=aug.slide_stride,
-                                         output_size=(image.height, image.width))  # fmt: skip
+                logits = slide_inference(
+                    self.model,
+                    x,
+                    crop_size=aug.seg_crop,
+                    stride=aug.slide_stride,
+                    output_size=(image.height, image.width),
+                )
             else:
                 logits = whole_inference(self.model, x, output_size=(image.height, image.width))
             maps.append(logits[0].argmax(0).cpu())
@@ -350,8 +355,17 @@ def _png_names(files: Sequence[Path]) -> list[str]:
 
 def _detection_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
     rows = zip(result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist(), strict=True)
-    return {"detections": [{"box": [round(v, 2) for v in box], "score": round(score, 4), "label": label,
-                            "category": predictor.class_name(label)} for box, score, label in rows]}  # fmt: skip
+    return {
+        "detections": [
+            {
+                "box": [round(v, 2) for v in box],
+                "score": round(score, 4),
+                "label": label,
+                "category": predictor.class_name(label),
+            }
+            for box, score, label in rows
+        ]
+    }
 
 
 def _instance_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -375,24 +389,35 @@ def _semantic_record(predictor: Predictor, label_map: torch.Tensor, png: str) ->
 
 def _classification_record(predictor: Predictor, result: dict[str, torch.Tensor]) -> dict[str, Any]:
     top = zip(result["labels"].tolist(), result["scores"].tolist(), strict=True)
-    return {"top_k": [{"label": label, "class": predictor.class_name(label), "score": round(score, 4)}
-                      for label, score in top]}  # fmt: skip
+    return {
+        "top_k": [
+            {"label": label, "class": predictor.class_name(label), "score": round(score, 4)} for label, score in top
+        ]
+    }
 
 
 def _annotate(predictor: Predictor, image: Image.Image, result: Any) -> Image.Image:
     scale = legible_scale(image)
     names = predictor.class_names or []
     if predictor.task == "instance" and "masks" in result:
-        return draw_instances(image, result["masks"], result["boxes"], result["labels"], result["scores"],
-                              predictor.class_names, scale=scale)  # fmt: skip
+        return draw_instances(
+            image,
+            result["masks"],
+            result["boxes"],
+            result["labels"],
+            result["scores"],
+            predictor.class_names,
+            scale=scale,
+        )
     if predictor.task == "semantic":
         present = torch.unique(result).tolist()
         background = [k for k in present if k < len(names) and names[k] == "background"]  # left untinted
         overlay = add_legend(draw_label_map(image, result, skip=background, scale=scale), names, present)
         return side_by_side([add_title(enlarge(image, scale), "image"), add_title(overlay, "predicted classes")])
     if predictor.task in ("detection", "instance"):
-        return draw_detections(image, result["boxes"], result["labels"], result["scores"], predictor.class_names,
-                               scale=scale)  # fmt: skip
+        return draw_detections(
+            image, result["boxes"], result["labels"], result["scores"], predictor.class_names, scale=scale
+        )
     label, score = int(result["labels"][0]), float(result["scores"][0])
     return add_title(enlarge(image, scale), f"{predictor.class_name(label) or label} {score:.2f}")
 
@@ -458,8 +483,11 @@ def predict_files(
             else:
                 record.update(_classification_record(predictor, result))
             records.append(record)
-    summary = {"task": predictor.task, "model": predictor.config.model.name,
-               "weights": str(predictor.weights) if predictor.weights else None}  # fmt: skip
+    summary = {
+        "task": predictor.task,
+        "model": predictor.config.model.name,
+        "weights": str(predictor.weights) if predictor.weights else None,
+    }
     if predictor.task in ("detection", "instance"):
         summary["score_threshold"] = score_threshold
     elif predictor.task == "classification":

@@ -84,8 +84,14 @@ def test_other_number_of_classes_gets_fresh_class_heads(official_detr, tmp_path,
 
 def test_official_dat_round_trip_gives_the_golden_logits(tmp_path):
     torch.save({"model": load_file(DAT_FIXTURE / "weights.safetensors")}, tmp_path / "dat.pth")
-    result = run_convert(str(tmp_path / "dat.pth"), str(tmp_path / "dat.safetensors"), "--model", "dat_tiny",
-                         "--model-kwargs", json.dumps(dat_kwargs()))  # fmt: skip
+    result = run_convert(
+        str(tmp_path / "dat.pth"),
+        str(tmp_path / "dat.safetensors"),
+        "--model",
+        "dat_tiny",
+        "--model-kwargs",
+        json.dumps(dat_kwargs()),
+    )
     assert result.returncode == 0, result.stderr
     model = create_model("dat_tiny", num_classes=10, checkpoint=tmp_path / "dat.safetensors", **dat_kwargs()).eval()
     golden = load_file(DAT_FIXTURE / "golden.safetensors")

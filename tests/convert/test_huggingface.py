@@ -27,8 +27,15 @@ from deformvision.models._checkpoint import check_state_dict
 transformers = pytest.importorskip("transformers")
 
 NUM_CLASSES, NUM_QUERIES = 5, 12
-SIZES = dict(d_model=64, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=96, decoder_ffn_dim=96,
-             encoder_n_points=2, decoder_n_points=3)  # fmt: skip
+SIZES = dict(
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=3,
+    encoder_ffn_dim=96,
+    decoder_ffn_dim=96,
+    encoder_n_points=2,
+    decoder_n_points=3,
+)
 OURS = dict(d_model=64, enc_layers=2, dec_layers=3, dim_feedforward=96, enc_n_points=2, dec_n_points=3)
 VARIANTS = {  # our model name -> Hugging Face flags
     "deformable_detr_r50": dict(num_feature_levels=4),
@@ -43,10 +50,16 @@ def huggingface_model(flags: dict) -> torch.nn.Module:
     """A random Hugging Face detector with every floating parameter and buffer perturbed, in eval mode."""
     stages = ["stage4"] if flags["num_feature_levels"] == 1 else ["stage2", "stage3", "stage4"]
     config = transformers.DeformableDetrConfig(
-        backbone_config=transformers.ResNetConfig(out_features=stages), use_timm_backbone=False,
-        use_pretrained_backbone=False, num_labels=NUM_CLASSES, num_queries=NUM_QUERIES,
-        two_stage_num_proposals=NUM_QUERIES, auxiliary_loss=True, **SIZES, **flags,
-    )  # fmt: skip
+        backbone_config=transformers.ResNetConfig(out_features=stages),
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        num_labels=NUM_CLASSES,
+        num_queries=NUM_QUERIES,
+        two_stage_num_proposals=NUM_QUERIES,
+        auxiliary_loss=True,
+        **SIZES,
+        **flags,
+    )
     torch.manual_seed(0)
     model = transformers.DeformableDetrForObjectDetection(config).eval()
     generator = torch.Generator().manual_seed(1)
@@ -138,9 +151,12 @@ def test_saved_directory_loads_through_create_model_and_convert(name, tmp_path):
     result = convert_checkpoint(tmp_path / "hf", tmp_path / "ours.safetensors")  # model and sizes from config.json
     assert result.model == name
     assert result.model_kwargs == {
-        "num_classes": NUM_CLASSES, "num_queries": NUM_QUERIES, "num_heads": 8,
-        "num_feature_levels": VARIANTS[name]["num_feature_levels"], **OURS,
-    }  # fmt: skip
+        "num_classes": NUM_CLASSES,
+        "num_queries": NUM_QUERIES,
+        "num_heads": 8,
+        "num_feature_levels": VARIANTS[name]["num_feature_levels"],
+        **OURS,
+    }
     written = load_file(tmp_path / "ours.safetensors")
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[key], value) for key, value in expected.items())

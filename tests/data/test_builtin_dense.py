@@ -104,8 +104,9 @@ def test_semantic_label_maps(roots: dict[str, Path]) -> None:
     assert DIGITS_SEMANTIC_CLASSES == ("background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
     root = roots["semantic"]
     coco = json.loads((roots["instance"] / "annotations" / "val.json").read_text())
-    instance = CocoDetection(roots["instance"] / "val" / "images", roots["instance"] / "annotations" / "val.json",
-                             masks=True)  # fmt: skip
+    instance = CocoDetection(
+        roots["instance"] / "val" / "images", roots["instance"] / "annotations" / "val.json", masks=True
+    )
     ds = SegmentationFolder(root / "val" / "images", root / "val" / "labels", num_classes=11)
     assert len(ds) == 8 and [p.name for p, _ in ds.samples] == [f"{i:05d}.png" for i in range(1, 9)]
     seen = set()

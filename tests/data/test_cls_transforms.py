@@ -28,8 +28,11 @@ def _normalised(img: Image.Image) -> torch.Tensor:
 
 def test_train_recipe_is_dats() -> None:
     steps = build_classification_transforms(True, 224).transforms
-    assert [type(t) for t in steps[:3]] == [RandomResizedCropAndInterpolation, transforms.RandomHorizontalFlip,
-                                            RandAugment]  # fmt: skip
+    assert [type(t) for t in steps[:3]] == [
+        RandomResizedCropAndInterpolation,
+        transforms.RandomHorizontalFlip,
+        RandAugment,
+    ]
     crop, flip, rand_augment = steps[:3]
     assert crop.size == (224, 224) and crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
     assert crop.interpolation == transforms.InterpolationMode.BICUBIC and flip.p == 0.5
@@ -53,8 +56,9 @@ def test_digits_recipe_has_no_flip_rand_augment_or_erasing() -> None:
 
 def test_a_whole_image_crop_is_a_bicubic_resize() -> None:
     img = _image(40, 30)
-    train = build_classification_transforms(True, 16, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), hflip=0.0,
-                                            rand_augment=None, reprob=0.0)  # fmt: skip
+    train = build_classification_transforms(
+        True, 16, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), hflip=0.0, rand_augment=None, reprob=0.0
+    )
     with seeded(0):
         out = train(img)
     torch.testing.assert_close(out, _normalised(img.resize((16, 16), Image.Resampling.BICUBIC)))
@@ -83,8 +87,9 @@ def test_training_output_is_seeded() -> None:
 
 def test_random_erasing_fills_one_rectangle_with_noise() -> None:
     img = Image.new("RGB", (32, 32), (124, 116, 104))
-    train = build_classification_transforms(True, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
-                                            rand_augment=None, reprob=1.0)  # fmt: skip
+    train = build_classification_transforms(
+        True, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rand_augment=None, reprob=1.0
+    )
     with seeded(1):
         out = train(img)
     changed = (out - _normalised(img)).abs().amax(0) > 1e-4

@@ -67,9 +67,12 @@ def test_loads_targets(tmp_path: Path) -> None:
 def test_category_ids_as_labels_and_recipe(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         ds = CocoDetection(
-            tmp_path / "images", _write(tmp_path, VALID), contiguous_ids=False, num_classes=12,
+            tmp_path / "images",
+            _write(tmp_path, VALID),
+            contiguous_ids=False,
+            num_classes=12,
             transforms=build_detection_transforms(False, val_size=24, max_size=100),
-        )  # fmt: skip
+        )
     image, target = ds[0]
     assert target["labels"].tolist() == [3, 11]
     assert image.shape == (3, 24, 32) and target["size"].tolist() == [24, 32]

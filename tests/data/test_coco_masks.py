@@ -138,8 +138,9 @@ def _compressed_of(mask: np.ndarray) -> str:
     ],
 )
 def test_malformed_segmentation_names_the_annotation(tmp_path: Path, segmentation: Any, message: str) -> None:
-    path = _write(tmp_path, [_ann(1, 1, [10, 10, 32, 24], [[10, 10, 42, 10, 10, 34]]),
-                             _ann(9, 2, [1, 1, 5, 5], segmentation)])  # fmt: skip
+    path = _write(
+        tmp_path, [_ann(1, 1, [10, 10, 32, 24], [[10, 10, 42, 10, 10, 34]]), _ann(9, 2, [1, 1, 5, 5], segmentation)]
+    )
     with pytest.raises(ValueError, match=message):
         CocoDetection(tmp_path, path, masks=True)
     with pytest.warns(UserWarning, match="skipped 1 invalid annotation"):
@@ -153,8 +154,15 @@ def test_image_without_objects_has_empty_masks(tmp_path: Path) -> None:
     path = _write(tmp_path, [])
     data = json.loads(path.read_text())  # image 2 holds the file's one object, image 1 none
     data["images"].append({"id": 2, "file_name": "a.png", "width": W, "height": H})
-    data["annotations"] = [{"id": 1, "image_id": 2, "category_id": CATEGORIES[0]["id"], "bbox": [1, 1, 4, 4],
-                            "segmentation": [[1, 1, 5, 1, 5, 5]]}]  # fmt: skip
+    data["annotations"] = [
+        {
+            "id": 1,
+            "image_id": 2,
+            "category_id": CATEGORIES[0]["id"],
+            "bbox": [1, 1, 4, 4],
+            "segmentation": [[1, 1, 5, 1, 5, 5]],
+        }
+    ]
     path.write_text(json.dumps(data))
     _, target = CocoDetection(tmp_path, path, masks=True)[0]
     assert target["masks"].shape == (0, H, W) and target["masks"].dtype == torch.uint8

@@ -86,8 +86,10 @@ def test_hflip_and_no_crop_recipe_mirrors_boxes() -> None:
     y, flipped = build_detection_transforms(True, hflip=1.0, **kwargs)(img, target)
     torch.testing.assert_close(kept["boxes"][0], torch.tensor([0.2, 35 / 60, 0.2, 0.5]))  # cxcywh of (10, 20, 30, 50)
     # mirrored: (100 - 30, 20, 100 - 10, 50) and (100 - 95, 5, 100 - 60, 15)
-    torch.testing.assert_close(flipped["boxes"] * torch.tensor([100, 60, 100, 60]),
-                               torch.tensor([[80.0, 35.0, 20.0, 30.0], [22.5, 10.0, 35.0, 10.0]]))  # fmt: skip
+    torch.testing.assert_close(
+        flipped["boxes"] * torch.tensor([100, 60, 100, 60]),
+        torch.tensor([[80.0, 35.0, 20.0, 30.0], [22.5, 10.0, 35.0, 10.0]]),
+    )
     assert _white_box(x) == [10, 20, 30, 50] and _white_box(y) == [70, 20, 90, 50]
     assert kept["size"].tolist() == flipped["size"].tolist() == [60, 100]  # resized to scale 60 only: never cropped
 
@@ -128,11 +130,14 @@ def test_random_size_crop_keeps_exactly_the_boxes_that_overlap_the_crop(boxes, s
     for i, (x0, y0, x1, y1) in enumerate(xyxy):
         masks[i, y0:y1, x0:x1] = True
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor(xyxy, dtype=torch.float32), format="XYXY",
-                                          canvas_size=(height, width)),
-        "masks": tv_tensors.Mask(torch.from_numpy(masks)), "labels": torch.arange(len(xyxy)),
-        "area": torch.full((len(xyxy),), 7.0), "iscrowd": torch.zeros(len(xyxy), dtype=torch.int64),
-    }  # fmt: skip
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(xyxy, dtype=torch.float32), format="XYXY", canvas_size=(height, width)
+        ),
+        "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+        "labels": torch.arange(len(xyxy)),
+        "area": torch.full((len(xyxy),), 7.0),
+        "iscrowd": torch.zeros(len(xyxy), dtype=torch.int64),
+    }
     crop = T.RandomSizeCrop(*sizes)
     params, (out, cropped) = _crop_with_known_params(crop, img, target, seed)
     top, left, h, w = params["top"], params["left"], params["height"], params["width"]
@@ -206,8 +211,9 @@ def test_masks_move_with_their_boxes(seed: int) -> None:
 
 def test_train_recipe_varies_with_the_seed_and_leaves_global_rngs_alone() -> None:
     img, target = _scene()
-    transforms = build_detection_transforms(True, scales=(48, 64, 80), max_size=140, crop=(24, 56),
-                                            crop_resize=(50, 60, 70))  # fmt: skip
+    transforms = build_detection_transforms(
+        True, scales=(48, 64, 80), max_size=140, crop=(24, 56), crop_resize=(50, 60, 70)
+    )
     torch.manual_seed(123)
     state = torch.get_rng_state()
     shapes = set()

@@ -80,8 +80,11 @@ def test_crop_keeps_masks_in_step_and_drops_empty_objects(seed: int) -> None:
 
 def test_to_instance_target_drops_empty_boxes() -> None:
     image = torch.zeros(3, 8, 8)
-    target = {"boxes": torch.tensor([[1.0, 1.0, 4.0, 4.0], [2.0, 2.0, 2.0, 6.0], [3.0, 5.0, 6.0, 5.0]]),
-              "labels": torch.tensor([0, 1, 2]), "masks": torch.ones(3, 8, 8, dtype=torch.uint8)}  # fmt: skip
+    target = {
+        "boxes": torch.tensor([[1.0, 1.0, 4.0, 4.0], [2.0, 2.0, 2.0, 6.0], [3.0, 5.0, 6.0, 5.0]]),
+        "labels": torch.tensor([0, 1, 2]),
+        "masks": torch.ones(3, 8, 8, dtype=torch.uint8),
+    }
     _, out = ToInstanceTarget()(image, target)
     assert out["boxes"].tolist() == [[1.0, 1.0, 4.0, 4.0]] and out["labels"].tolist() == [0]
     assert out["masks"].shape == (1, 8, 8)

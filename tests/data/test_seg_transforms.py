@@ -66,8 +66,15 @@ def test_train_pipeline_keeps_label_values(seed: int) -> None:
 
 def test_padding_uses_zero_and_255() -> None:
     img, label = _sample(30, 40)
-    transforms = build_segmentation_transforms(True, scale=(40, 30), ratio_range=(1.0, 1.0), crop_size=(64, 48),
-                                               hflip=0.0, photometric=False, cat_max_ratio=1.0)  # fmt: skip
+    transforms = build_segmentation_transforms(
+        True,
+        scale=(40, 30),
+        ratio_range=(1.0, 1.0),
+        crop_size=(64, 48),
+        hflip=0.0,
+        photometric=False,
+        cat_max_ratio=1.0,
+    )
     image, target = transforms(img, label)
     assert image.shape == (3, 64, 48) and target.shape == (64, 48)
     assert torch.equal(target[:30, :40], label) and (target[30:] == 255).all() and (target[:, 40:] == 255).all()

@@ -69,8 +69,11 @@ def test_folder_errors(tmp_path: Path) -> None:
     _pair(tmp_path, "a")
     _save(tmp_path / "images" / "lonely.png", np.zeros((4, 4, 3), np.uint8))
     _save(tmp_path / "labels" / "orphan.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"1 image\(s\) without a label map .*lonely.png.*1 label map\(s\) without an "
-                       r"image .*orphan.png"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"1 image\(s\) without a label map .*lonely.png.*1 label map\(s\) without an "
+        r"image .*orphan.png",
+    ):
         SegmentationFolder(tmp_path / "images", tmp_path / "labels")
     _save(tmp_path / "images" / "a.jpg", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="two files with the stem 'a': a.jpg and a.png"):

@@ -131,8 +131,10 @@ def _predictions_case(tmp: Path) -> tuple[Callable[[], None], list[Path]]:
     return lambda: predict_files(predictor, images, out, top_k=2), [target]
 
 
-_BLOCKS = {"stages.0.blocks.0": {"cross_query": 0.9, "cross_layer": None},
-           "stages.0.blocks.1": {"cross_query": 0.8, "cross_layer": 0.7}}  # fmt: skip
+_BLOCKS = {
+    "stages.0.blocks.0": {"cross_query": 0.9, "cross_layer": None},
+    "stages.0.blocks.1": {"cross_query": 0.8, "cross_layer": 0.7},
+}
 
 
 def _report_case(tmp: Path) -> tuple[Callable[[], None], list[Path]]:

@@ -26,19 +26,41 @@ def _synthetic(tmp_path, seed: int = 0):
             x, y = rng.uniform(0, 640 - side), rng.uniform(0, 480 - side)
             box = [x, y, side * rng.uniform(0.7, 1.3), side]
             category = int(rng.choice(CATEGORY_IDS))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
             if rng.random() < 0.8:  # a detection near the object, sometimes with the wrong class
                 noisy = [v + rng.normal(0, 0.08 * side) for v in box[:2]] + [v * rng.uniform(0.8, 1.2) for v in box[2:]]
                 label = category if rng.random() < 0.85 else int(rng.choice(CATEGORY_IDS))
-                detections.append({"image_id": image_id, "category_id": label, "bbox": noisy,
-                                   "score": float(rng.uniform(0.3, 1.0))})  # fmt: skip
+                detections.append(
+                    {"image_id": image_id, "category_id": label, "bbox": noisy, "score": float(rng.uniform(0.3, 1.0))}
+                )
         for _ in range(rng.integers(0, 4)):  # false positives
-            detections.append({"image_id": image_id, "category_id": int(rng.choice(CATEGORY_IDS)),
-                               "bbox": [*rng.uniform(0, 400, 2).tolist(), 50.0, 40.0],
-                               "score": float(rng.uniform(0, 0.6))})  # fmt: skip
-    annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 300, 300],
-                        "area": 90000.0, "iscrowd": 1})  # fmt: skip
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(rng.choice(CATEGORY_IDS)),
+                    "bbox": [*rng.uniform(0, 400, 2).tolist(), 50.0, 40.0],
+                    "score": float(rng.uniform(0, 0.6)),
+                }
+            )
+    annotations.append(
+        {
+            "id": len(annotations) + 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [0, 0, 300, 300],
+            "area": 90000.0,
+            "iscrowd": 1,
+        }
+    )
     categories = [{"id": c, "name": f"class{c}"} for c in CATEGORY_IDS]
     gt_path, dt_path = tmp_path / "gt.json", tmp_path / "detections.json"
     gt_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -79,8 +101,13 @@ def test_no_detections_gives_zero_ap(tmp_path):
 
 
 def test_detections_to_coco_converts_boxes_and_labels():
-    results = [{"scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([2, 0]),
-                "boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 5.0, 8.0]])}]  # fmt: skip
+    results = [
+        {
+            "scores": torch.tensor([0.9, 0.5]),
+            "labels": torch.tensor([2, 0]),
+            "boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 5.0, 8.0]]),
+        }
+    ]
     entries = detections_to_coco([42], results, dict(enumerate(CATEGORY_IDS)))
     assert entries == [
         {"image_id": 42, "category_id": 7, "bbox": [10.0, 20.0, 40.0, 40.0], "score": pytest.approx(0.9)},

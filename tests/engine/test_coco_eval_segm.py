@@ -53,9 +53,17 @@ def _synthetic(tmp_path: Path, seed: int) -> tuple[Path, Path, list[dict]]:
                 continue
             category = int(rng.choice(CATEGORY_IDS))
             bbox = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask))).tolist()
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "segmentation": [polygon], "area": float(mask.sum()), "bbox": bbox,
-                                "iscrowd": 0})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "segmentation": [polygon],
+                    "area": float(mask.sum()),
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
             if rng.random() < 0.85:  # a detection: the mask shifted and eroded or dilated, soft values
                 dy, dx = rng.integers(-2, 3, 2)
                 soft = np.roll(mask.astype(np.float32), (dy, dx), (0, 1)) * rng.uniform(0.55, 1.0)
@@ -74,15 +82,28 @@ def _synthetic(tmp_path: Path, seed: int) -> tuple[Path, Path, list[dict]]:
             boxes.append([float(x0), float(y0), x0 + 30.0, y0 + 20.0])
             labels.append(int(rng.integers(2)))
             scores.append(float(rng.uniform(0, 0.5)))
-        outputs.append({"boxes": torch.tensor(boxes).reshape(-1, 4), "scores": torch.tensor(scores),
-                        "labels": torch.tensor(labels, dtype=torch.int64),
-                        "masks": torch.stack(masks) if masks else torch.zeros(0, 1, H, W)})  # fmt: skip
+        outputs.append(
+            {
+                "boxes": torch.tensor(boxes).reshape(-1, 4),
+                "scores": torch.tensor(scores),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "masks": torch.stack(masks) if masks else torch.zeros(0, 1, H, W),
+            }
+        )
     crowd = np.zeros((H, W), np.uint8)
     crowd[:30, :30] = 1
     crowd_rle = mask_utils.encode(np.asfortranarray(crowd))
-    annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": 2, "iscrowd": 1, "area": 900.0,
-                        "bbox": [0, 0, 30, 30],
-                        "segmentation": {"size": [H, W], "counts": crowd_rle["counts"].decode()}})  # fmt: skip
+    annotations.append(
+        {
+            "id": len(annotations) + 1,
+            "image_id": 1,
+            "category_id": 2,
+            "iscrowd": 1,
+            "area": 900.0,
+            "bbox": [0, 0, 30, 30],
+            "segmentation": {"size": [H, W], "counts": crowd_rle["counts"].decode()},
+        }
+    )
     categories = [{"id": c, "name": f"class{c}"} for c in CATEGORY_IDS]
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -91,10 +112,17 @@ def _synthetic(tmp_path: Path, seed: int) -> tuple[Path, Path, list[dict]]:
     direct = []
     for image_id, output in zip(range(1, 6), outputs, strict=True):
         binary = np.asfortranarray((output["masks"][:, 0] > 0.5).numpy().astype(np.uint8).transpose(1, 2, 0))
-        for rle, score, label in zip(mask_utils.encode(binary), output["scores"].tolist(),
-                                     output["labels"].tolist(), strict=True):  # fmt: skip
-            direct.append({"image_id": image_id, "category_id": CATEGORY_IDS[label], "score": score,
-                           "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})  # fmt: skip
+        for rle, score, label in zip(
+            mask_utils.encode(binary), output["scores"].tolist(), output["labels"].tolist(), strict=True
+        ):
+            direct.append(
+                {
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[label],
+                    "score": score,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
     dt_path = tmp_path / "segm.json"
     dt_path.write_text(json.dumps(direct))
     return gt_path, dt_path, entries

@@ -78,8 +78,11 @@ def test_paper_recipes():
 
     detr = load_config(CONFIGS / "deformable_detr_r50_coco.yaml")
     assert (detr.optim.lr, detr.optim.backbone_lr, detr.optim.weight_decay, detr.optim.clip_grad) == (
-        2e-4, 2e-5, 1e-4, 0.1
-    )  # fmt: skip
+        2e-4,
+        2e-5,
+        1e-4,
+        0.1,
+    )
     assert detr.optim.lr_mults == {"sampling_offsets": 0.1, "reference_points": 0.1}
     assert (detr.schedule.name, detr.schedule.epochs, detr.schedule.lr_drop) == ("step", 50, (40,))
     assert detr.data.batch_size == 2 and detr.aug.scales == tuple(range(480, 801, 32))
@@ -93,9 +96,17 @@ def test_paper_recipes():
 def test_overrides_convert_types_and_win_over_the_file():
     config = load_config(
         CONFIGS / "dat_digits.yaml",
-        ["optim.lr=1e-3", "data.batch_size=16", "aug.rand_augment=null", "aug.scales=[96, 128]",
-         "model.kwargs.dims=[16,32,64,128]", "resume=auto", "schedule.warmup_epochs=1", "threads=2"],
-    )  # fmt: skip
+        [
+            "optim.lr=1e-3",
+            "data.batch_size=16",
+            "aug.rand_augment=null",
+            "aug.scales=[96, 128]",
+            "model.kwargs.dims=[16,32,64,128]",
+            "resume=auto",
+            "schedule.warmup_epochs=1",
+            "threads=2",
+        ],
+    )
     assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)  # "1e-3" is a string in YAML 1.1
     assert config.data.batch_size == 16 and config.aug.rand_augment is None and config.aug.scales == (96, 128)
     assert config.model.kwargs["dims"] == [16, 32, 64, 128] and config.model.kwargs["img_size"] == 32

@@ -92,8 +92,9 @@ class _OneScene(torch.utils.data.Dataset):
 
 
 def test_seeded_detection_transform_depends_only_on_seed_epoch_and_index():
-    transform = build_detection_transforms(True, scales=(32, 48, 64, 80), max_size=140, crop=(24, 56),
-                                           crop_resize=(50, 60, 70))  # fmt: skip
+    transform = build_detection_transforms(
+        True, scales=(32, 48, 64, 80), max_size=140, crop=(24, 56), crop_resize=(50, 60, 70)
+    )
     dataset = SeededTransform(_OneScene(), transform, seed=1, detection=True)
     first = [dataset[i] for i in range(4)]
     again = [dataset[i] for i in reversed(range(4))][::-1]

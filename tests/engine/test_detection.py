@@ -10,34 +10,68 @@ from deformvision.engine import Trainer, build_data, build_model, build_task, ev
 from deformvision.engine.coco_eval import STAT_NAMES
 from deformvision.engine.config import config_from_dict
 
-SMALL_DETR = {"num_queries": 10, "d_model": 32, "num_heads": 2, "dim_feedforward": 32, "enc_layers": 1, "dec_layers": 2,
-              "enc_n_points": 2, "dec_n_points": 2}  # fmt: skip
+SMALL_DETR = {
+    "num_queries": 10,
+    "d_model": 32,
+    "num_heads": 2,
+    "dim_feedforward": 32,
+    "enc_layers": 1,
+    "dec_layers": 2,
+    "enc_n_points": 2,
+    "dec_n_points": 2,
+}
 
 
 @pytest.fixture(scope="module")
 def detection_config(tmp_path_factory):
-    root = build_digits_detection(tmp_path_factory.mktemp("digits") / "set", canvas=64, num_train=4, num_val=3,
-                                  object_size=(10, 28), max_objects=3)  # fmt: skip
+    root = build_digits_detection(
+        tmp_path_factory.mktemp("digits") / "set",
+        canvas=64,
+        num_train=4,
+        num_val=3,
+        object_size=(10, 28),
+        max_objects=3,
+    )
     run_dir = tmp_path_factory.mktemp("run")
     return {
         "model": {"name": "deformable_detr_r50", "kwargs": dict(SMALL_DETR)},
-        "data": {"task": "detection", "format": "coco", "root": str(root), "train_split": "train/images",
-                 "val_split": "val/images", "train_annotations": "annotations/train.json",
-                 "val_annotations": "annotations/val.json", "batch_size": 2, "num_workers": 0},
+        "data": {
+            "task": "detection",
+            "format": "coco",
+            "root": str(root),
+            "train_split": "train/images",
+            "val_split": "val/images",
+            "train_annotations": "annotations/train.json",
+            "val_annotations": "annotations/val.json",
+            "batch_size": 2,
+            "num_workers": 0,
+        },
         "aug": {"scales": [64, 80, 96], "max_size": 160, "crop": [48, 64], "crop_resize": [64, 80], "val_size": 80},
-        "optim": {"lr": 2e-4, "backbone_lr": 2e-5, "lr_mults": {"sampling_offsets": 0.1, "reference_points": 0.1},
-                  "weight_decay": 1e-4, "no_decay_1d": False, "clip_grad": 0.1},
+        "optim": {
+            "lr": 2e-4,
+            "backbone_lr": 2e-5,
+            "lr_mults": {"sampling_offsets": 0.1, "reference_points": 0.1},
+            "weight_decay": 1e-4,
+            "no_decay_1d": False,
+            "clip_grad": 0.1,
+        },
         "schedule": {"name": "step", "epochs": 1, "lr_drop": [1], "warmup_epochs": 0},
         "log": {"interval": 1, "progress": False},
-        "output_dir": str(run_dir), "device": "cpu", "threads": 1,
-    }  # fmt: skip
+        "output_dir": str(run_dir),
+        "device": "cpu",
+        "threads": 1,
+    }
 
 
 def test_train_one_epoch_and_evaluate(detection_config, capsys):
     trainer = Trainer(config_from_dict(detection_config))
     assert trainer.data.num_classes == 10 and trainer.steps_per_epoch == 2
-    assert {g["role"] for g in trainer.optimizer.param_groups} == {"backbone", "base", "sampling_offsets",
-                                                                   "reference_points"}  # fmt: skip
+    assert {g["role"] for g in trainer.optimizer.param_groups} == {
+        "backbone",
+        "base",
+        "sampling_offsets",
+        "reference_points",
+    }
     metrics = trainer.fit()
     assert list(metrics) == list(STAT_NAMES) and all(-1 <= v <= 1 for v in metrics.values())
     out = capsys.readouterr().out

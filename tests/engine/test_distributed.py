@@ -36,8 +36,13 @@ def _records(run_dir, kind: str) -> list[dict]:
 
 def test_two_processes_match_one_and_resume(image_folder, tmp_path):
     single_dir, ddp_dir, resumed_dir = tmp_path / "single", tmp_path / "ddp", tmp_path / "resumed"
-    raw = tiny_config(image_folder, single_dir, data={"batch_size": 8}, schedule={"epochs": 2},
-                      checkpoint={"every_steps": 1, "keep": 100})  # fmt: skip
+    raw = tiny_config(
+        image_folder,
+        single_dir,
+        data={"batch_size": 8},
+        schedule={"epochs": 2},
+        checkpoint={"every_steps": 1, "keep": 100},
+    )
     config_path = write_config(tmp_path / "config.yaml", raw)
     _run([PYTHON, "-m", "deformvision.cli", "train", str(config_path)])
 

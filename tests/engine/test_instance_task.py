@@ -14,9 +14,14 @@ from deformvision.engine.data import ShardSampler
 from deformvision.engine.instance import InstanceTask
 
 NARROW_DAT = {
-    "img_size": 128, "dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "heads": [1, 2, 4, 8],
-    "groups": [-1, -1, 2, 4], "window_sizes": [8, 8, 8, 4], "stage_spec": [["L"], ["S"], ["D"], ["D"]],
-}  # fmt: skip
+    "img_size": 128,
+    "dims": [16, 32, 64, 128],
+    "depths": [1, 1, 1, 1],
+    "heads": [1, 2, 4, 8],
+    "groups": [-1, -1, 2, 4],
+    "window_sizes": [8, 8, 8, 4],
+    "stage_spec": [["L"], ["S"], ["D"], ["D"]],
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +31,38 @@ def digits(tmp_path_factory) -> str:
 
 def raw_config(root: str, output_dir) -> dict:
     return {
-        "model": {"name": "mask_rcnn_dat_tiny",
-                  "kwargs": {"backbone_kwargs": NARROW_DAT, "drop_path_rate": 0.0, "min_size": 128, "max_size": 128,
-                             "fpn_channels": 32, "representation_size": 64, "mask_channels": 16,
-                             "anchor_sizes": [8, 16, 32, 64, 128]}},
-        "data": {"task": "instance", "format": "coco", "root": root, "train_split": "train/images",
-                 "val_split": "val/images", "train_annotations": "annotations/train.json",
-                 "val_annotations": "annotations/val.json", "batch_size": 4, "num_workers": 0},
+        "model": {
+            "name": "mask_rcnn_dat_tiny",
+            "kwargs": {
+                "backbone_kwargs": NARROW_DAT,
+                "drop_path_rate": 0.0,
+                "min_size": 128,
+                "max_size": 128,
+                "fpn_channels": 32,
+                "representation_size": 64,
+                "mask_channels": 16,
+                "anchor_sizes": [8, 16, 32, 64, 128],
+            },
+        },
+        "data": {
+            "task": "instance",
+            "format": "coco",
+            "root": root,
+            "train_split": "train/images",
+            "val_split": "val/images",
+            "train_annotations": "annotations/train.json",
+            "val_annotations": "annotations/val.json",
+            "batch_size": 4,
+            "num_workers": 0,
+        },
         "aug": {"hflip": 0.0, "crop": None},
-        "optim": {"lr": 1e-4}, "schedule": {"epochs": 1, "warmup_epochs": 0}, "log": {"progress": False},
-        "output_dir": str(output_dir), "device": "cpu", "threads": 1,
-    }  # fmt: skip
+        "optim": {"lr": 1e-4},
+        "schedule": {"epochs": 1, "warmup_epochs": 0},
+        "log": {"progress": False},
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "threads": 1,
+    }
 
 
 class Oracle(nn.Module):
@@ -53,8 +79,14 @@ class Oracle(nn.Module):
             truth = self.truths[self.calls]
             self.calls += 1
             n = len(truth["labels"])
-            outputs.append({"boxes": truth["boxes"], "labels": truth["labels"], "scores": torch.ones(n),
-                            "masks": truth["masks"][:, None].float()})  # fmt: skip
+            outputs.append(
+                {
+                    "boxes": truth["boxes"],
+                    "labels": truth["labels"],
+                    "scores": torch.ones(n),
+                    "masks": truth["masks"][:, None].float(),
+                }
+            )
         return outputs
 
 

@@ -87,13 +87,28 @@ def test_dat_groups_skip_decay_on_norms_biases_and_position_tables():
 @pytest.fixture(scope="module")
 def tiny_detector() -> DeformableDETR:
     backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
-    return DeformableDETR(backbone, num_classes=3, num_queries=8, d_model=32, num_heads=2, enc_layers=1, dec_layers=2,
-                          dim_feedforward=32, enc_n_points=2, dec_n_points=2)  # fmt: skip
+    return DeformableDETR(
+        backbone,
+        num_classes=3,
+        num_queries=8,
+        d_model=32,
+        num_heads=2,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=32,
+        enc_n_points=2,
+        dec_n_points=2,
+    )
 
 
 def test_deformable_detr_groups(tiny_detector):
-    config = OptimConfig(lr=2e-4, backbone_lr=2e-5, weight_decay=1e-4, no_decay_1d=False,
-                         lr_mults={"sampling_offsets": 0.1, "reference_points": 0.1})  # fmt: skip
+    config = OptimConfig(
+        lr=2e-4,
+        backbone_lr=2e-5,
+        weight_decay=1e-4,
+        no_decay_1d=False,
+        lr_mults={"sampling_offsets": 0.1, "reference_points": 0.1},
+    )
     optimizer = build_optimizer(tiny_detector, config)
     groups = optimizer.param_groups
     params = {n for n, p in tiny_detector.named_parameters() if p.requires_grad}
@@ -101,8 +116,12 @@ def test_deformable_detr_groups(tiny_detector):
     linear_proj = {n for n in params if "sampling_offsets" in n or "reference_points" in n}
     assert linear_proj and backbone and not backbone & linear_proj
     lrs = {g["role"]: g["lr"] for g in groups}
-    assert lrs == {"backbone": 2e-5, "sampling_offsets": pytest.approx(2e-5), "reference_points": pytest.approx(2e-5),
-                   "base": 2e-4}  # fmt: skip
+    assert lrs == {
+        "backbone": 2e-5,
+        "sampling_offsets": pytest.approx(2e-5),
+        "reference_points": pytest.approx(2e-5),
+        "base": 2e-4,
+    }
     assert _names(groups, role="backbone") == backbone
     for keyword in ("sampling_offsets", "reference_points"):
         assert _names(groups, role=keyword) == {n for n in linear_proj if keyword in n}

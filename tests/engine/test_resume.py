@@ -34,9 +34,12 @@ def reference_run(image_folder, tmp_path_factory):
     """Two epochs of 6 steps with every source of randomness on, a checkpoint after every step."""
     run_dir = tmp_path_factory.mktemp("reference")
     raw = tiny_config(
-        image_folder, run_dir, aug={"mixup": 0.8, "cutmix": 1.0}, ema={"enabled": True, "decay": 0.9},
+        image_folder,
+        run_dir,
+        aug={"mixup": 0.8, "cutmix": 1.0},
+        ema={"enabled": True, "decay": 0.9},
         checkpoint={"every_steps": 1, "keep": 100},
-    )  # fmt: skip
+    )
     raw["model"]["kwargs"]["drop_path_rate"] = 0.2
     trainer = Trainer(config_from_dict(raw))
     assert trainer.steps_per_epoch == 6

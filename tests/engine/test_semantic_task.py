@@ -32,12 +32,23 @@ def digits(tmp_path_factory) -> str:
 def raw_config(root: str, output_dir, **aug) -> dict:
     return {
         "model": {"name": "semantic_fpn_dat_tiny", "kwargs": {"backbone_kwargs": NARROW_DAT, "drop_path_rate": 0.0}},
-        "data": {"task": "semantic", "format": "segmentation_folder", "num_classes": 11, "root": root,
-                 "batch_size": 4, "eval_batch_size": 1, "num_workers": 0},
+        "data": {
+            "task": "semantic",
+            "format": "segmentation_folder",
+            "num_classes": 11,
+            "root": root,
+            "batch_size": 4,
+            "eval_batch_size": 1,
+            "num_workers": 0,
+        },
         "aug": {"seg_scale": [256, 128], "seg_crop": [128, 128], "hflip": 0.0, **aug},
-        "optim": {"lr": 1e-3}, "schedule": {"epochs": 1, "warmup_epochs": 0}, "log": {"progress": False},
-        "output_dir": str(output_dir), "device": "cpu", "threads": 1,
-    }  # fmt: skip
+        "optim": {"lr": 1e-3},
+        "schedule": {"epochs": 1, "warmup_epochs": 0},
+        "log": {"progress": False},
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "threads": 1,
+    }
 
 
 class Constant(nn.Module):
@@ -56,8 +67,11 @@ class Constant(nn.Module):
 @pytest.mark.parametrize("inference", ["whole", "slide"])
 def test_evaluation_counts_pixels_of_the_original_label_maps(digits, tmp_path, inference):
     """Images are evaluated at half size (seg_scale 128x64); the logits go back to the 128x128 label maps."""
-    config = config_from_dict(raw_config(digits, tmp_path, seg_scale=[128, 64], seg_crop=[48, 48],
-                                         seg_inference=inference, slide_stride=[32, 32]))  # fmt: skip
+    config = config_from_dict(
+        raw_config(
+            digits, tmp_path, seg_scale=[128, 64], seg_crop=[48, 48], seg_inference=inference, slide_stride=[32, 32]
+        )
+    )
     data = build_data(config, train=False)
     assert data.val[0][0].shape == (3, 64, 64) and data.val[0][1].shape == (128, 128)
     loader = build_loader(data.val, ShardSampler(len(data.val)), config, train=False, device=torch.device("cpu"))

@@ -30,8 +30,13 @@ def _newest_step(run_dir) -> int:
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(image_folder, tmp_path):
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
-    raw = tiny_config(image_folder, killed_dir, schedule={"epochs": 3}, checkpoint={"every_steps": 1, "keep": 2},
-                      aug={"mixup": 0.8, "cutmix": 1.0})  # fmt: skip
+    raw = tiny_config(
+        image_folder,
+        killed_dir,
+        schedule={"epochs": 3},
+        checkpoint={"every_steps": 1, "keep": 2},
+        aug={"mixup": 0.8, "cutmix": 1.0},
+    )
     raw["model"]["kwargs"]["drop_path_rate"] = 0.2
     config_path = write_config(tmp_path / "config.yaml", raw)
 

@@ -47,9 +47,15 @@ def test_runs_at_sizes_other_than_construction():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(dwc_pe=True), dict(use_pe=False), dict(no_offset=True, stride=2), dict(offset_range_factor=-1),
-     dict(stride=2, offset_kernel_size=3), dict(fixed_pe=True)],
-)  # fmt: skip
+    [
+        dict(dwc_pe=True),
+        dict(use_pe=False),
+        dict(no_offset=True, stride=2),
+        dict(offset_range_factor=-1),
+        dict(stride=2, offset_kernel_size=3),
+        dict(fixed_pe=True),
+    ],
+)
 def test_ablation_switches_run_and_backpropagate(kwargs):
     attn = make(**kwargs)
     x = torch.randn(2, 6, 6, 16, requires_grad=True)

@@ -38,9 +38,13 @@ def test_outputs_and_gradients_equal_official(golden, ref, dtype, tol):
         for key in ("query", f"reference_points_{ref[-1]}", "input_flatten")
     )
     out = module(
-        query, reference_points, input_flatten, golden["spatial_shapes"], golden["level_start_index"],
+        query,
+        reference_points,
+        input_flatten,
+        golden["spatial_shapes"],
+        golden["level_start_index"],
         golden["input_padding_mask"],
-    )  # fmt: skip
+    )
     assert out.dtype == dtype and out.shape == (2, 5, 16)
     out.backward(golden["grad_output"].to(dtype))
     got = {
@@ -98,9 +102,12 @@ def test_bad_reference_points_raise(golden, shape):
     module = build(golden, torch.float64)
     with pytest.raises(ValueError, match="reference_points"):
         module(
-            golden["query"], torch.rand(shape, dtype=torch.float64), golden["input_flatten"],
-            golden["spatial_shapes"], golden["level_start_index"],
-        )  # fmt: skip
+            golden["query"],
+            torch.rand(shape, dtype=torch.float64),
+            golden["input_flatten"],
+            golden["spatial_shapes"],
+            golden["level_start_index"],
+        )
 
 
 def test_float32_reference_points_in_a_float64_module(golden):

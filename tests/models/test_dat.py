@@ -130,8 +130,14 @@ def test_own_checkpoint_roundtrip_through_create_model(tmp_path):
     model = small_variant("dat_tiny", num_classes=4).eval()
     save_ours(model, tmp_path / "ours.safetensors")
     spec = (("L", "S"), ("L", "S"), ("L", "D"), ("L", "D"))
-    loaded = dv.create_model("dat_tiny", dims=(24, 48, 96, 192), depths=(2, 2, 2, 2), stage_spec=spec,
-                             num_classes=4, checkpoint=tmp_path / "ours.safetensors").eval()  # fmt: skip
+    loaded = dv.create_model(
+        "dat_tiny",
+        dims=(24, 48, 96, 192),
+        depths=(2, 2, 2, 2),
+        stage_spec=spec,
+        num_classes=4,
+        checkpoint=tmp_path / "ours.safetensors",
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)

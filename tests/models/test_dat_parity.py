@@ -25,10 +25,25 @@ def build_from_official_config(preset: str) -> DAT:
     official = json.loads((FIXTURES / preset / "config.json").read_text())["dat_kwargs"]
     assert official["dim_stem"] == official["dims"][0] and not official["use_conv_patches"]
     same_names = [
-        "img_size", "patch_size", "num_classes", "dims", "depths", "heads", "groups", "window_sizes",
-        "stage_spec", "strides", "offset_range_factor", "use_pes", "dwc_pes", "fixed_pes", "no_offs",
-        "drop_rate", "attn_drop_rate", "drop_path_rate",
-    ]  # fmt: skip
+        "img_size",
+        "patch_size",
+        "num_classes",
+        "dims",
+        "depths",
+        "heads",
+        "groups",
+        "window_sizes",
+        "stage_spec",
+        "strides",
+        "offset_range_factor",
+        "use_pes",
+        "dwc_pes",
+        "fixed_pes",
+        "no_offs",
+        "drop_rate",
+        "attn_drop_rate",
+        "drop_path_rate",
+    ]
     return DAT(mlp_ratio=official["expansion"], **{k: official[k] for k in same_names})
 
 

@@ -89,8 +89,11 @@ def test_official_backbone_keys_load(official_backbone_keys, backbone):
     assert state_dict.keys() == backbone.state_dict().keys()
     backbone.load_state_dict(state_dict)
     own = backbone.state_dict()
-    assert all(torch.equal(own[name.removeprefix(PREFIX)], value) for name, value in official.items()
-               if name.startswith(PREFIX))  # fmt: skip
+    assert all(
+        torch.equal(own[name.removeprefix(PREFIX)], value)
+        for name, value in official.items()
+        if name.startswith(PREFIX)
+    )
 
 
 def test_official_parameter_kinds_and_counts(official_backbone_keys, backbone):
@@ -105,8 +108,11 @@ def test_official_parameter_kinds_and_counts(official_backbone_keys, backbone):
     assert len(params) + len(buffers) == len(official_backbone_keys)
 
     def elements(kind: str, frozen: bool | None = None) -> int:
-        return sum(math.prod(k["shape"]) for k in official_backbone_keys
-                   if k["kind"] == kind and (frozen is None or k["requires_grad"] != frozen))  # fmt: skip
+        return sum(
+            math.prod(k["shape"])
+            for k in official_backbone_keys
+            if k["kind"] == kind and (frozen is None or k["requires_grad"] != frozen)
+        )
 
     frozen = num_params(backbone) - num_params(backbone, trainable_only=True)
     assert num_params(backbone) == elements("param") == OFFICIAL_BACKBONE == 23_454_912

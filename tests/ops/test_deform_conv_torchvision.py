@@ -147,9 +147,21 @@ def test_matches_torchvision_float32(name, use_mask):
     seed=st.integers(0, 2**16),
 )
 def test_matches_torchvision_property(
-    batch, groups, offset_groups, group_in, group_out, kernel, stride, padding, dilation, extra, use_mask, use_bias,
-    offset_scale, seed,
-):  # fmt: skip
+    batch,
+    groups,
+    offset_groups,
+    group_in,
+    group_out,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    extra,
+    use_mask,
+    use_bias,
+    offset_scale,
+    seed,
+):
     # Input channels divisible by both groups and offset groups; the image at least one kernel extent
     # (after padding) so that the output is not empty.
     in_channels = groups * offset_groups * group_in

@@ -26,8 +26,9 @@ def test_instances_tint_their_masks_and_leave_the_rest():
     image = Image.fromarray(np.zeros((60, 60, 3), np.uint8))
     masks = torch.zeros(1, 1, 60, 60)
     masks[0, 0, 40:50, 40:50] = 0.9
-    out = np.asarray(draw_instances(image, masks, torch.tensor([[30.0, 30.0, 56.0, 56.0]]), torch.tensor([4]),
-                                    alpha=0.5))  # fmt: skip
+    out = np.asarray(
+        draw_instances(image, masks, torch.tensor([[30.0, 30.0, 56.0, 56.0]]), torch.tensor([4]), alpha=0.5)
+    )
     inside = out[42:48, 42:48].reshape(-1, 3)
     assert (inside == np.round(0.5 * np.array(label_color(4)))).all()  # tinted (outline and name are elsewhere)
     assert (out[:10, :] == 0).all() and (out[:, :10] == 0).all()  # far from the box and mask: untouched

@@ -23,10 +23,15 @@ from deformvision.viz import (
 
 # A DAT of ~90k parameters: deformable blocks in stages 2 (2 groups) and 3 (1 group).
 TINY_DAT = {
-    "img_size": 64, "dims": (8, 16, 32, 64), "depths": (1, 1, 2, 1), "heads": (1, 1, 2, 2),
-    "groups": (-1, -1, 2, 1), "window_sizes": (4, 4, 2, 1), "stage_spec": (("L",), ("S",), ("L", "D"), ("D",)),
+    "img_size": 64,
+    "dims": (8, 16, 32, 64),
+    "depths": (1, 1, 2, 1),
+    "heads": (1, 1, 2, 2),
+    "groups": (-1, -1, 2, 1),
+    "window_sizes": (4, 4, 2, 1),
+    "stage_spec": (("L",), ("S",), ("L", "D"), ("D",)),
     "drop_path_rate": 0.0,
-}  # fmt: skip
+}
 
 
 def test_dat_points_to_pixels_follows_grid_sample_align_corners_true():
@@ -159,8 +164,18 @@ def test_record_sampling_locations_hooks_each_call_and_cleans_up():
 def test_record_sampling_locations_inside_a_detector():
     torch.manual_seed(0)
     backbone = create_model("dat_tiny", features_only=True, out_indices=(1, 2, 3), **TINY_DAT)
-    detector = DeformableDETR(backbone, 3, num_queries=5, d_model=32, num_heads=4, enc_layers=1, dec_layers=2,
-                              dim_feedforward=64, with_box_refine=True, two_stage=True).eval()  # fmt: skip
+    detector = DeformableDETR(
+        backbone,
+        3,
+        num_queries=5,
+        d_model=32,
+        num_heads=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=64,
+        with_box_refine=True,
+        two_stage=True,
+    ).eval()
     with torch.no_grad(), record_sampling_locations(detector.transformer.decoder.layers[-1].cross_attn) as calls:
         detector([torch.randn(3, 128, 128)])
     (sampling,) = calls
@@ -174,8 +189,9 @@ def test_draw_msda_sampling_locations(tmp_path: Path):
     sampling, _ = _record(module, inputs)
     boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [20.0, 30.0, 60.0, 60.0]])
     colors = [(255, 0, 0), (0, 255, 0)]
-    out = draw_msda_sampling_locations(Image.new("RGB", (64, 64)), sampling, [1, 3], image_index=1, boxes=boxes,
-                                       colors=colors, scale=2)  # fmt: skip
+    out = draw_msda_sampling_locations(
+        Image.new("RGB", (64, 64)), sampling, [1, 3], image_index=1, boxes=boxes, colors=colors, scale=2
+    )
     out.save(tmp_path / "msda.png")
     saved = Image.open(tmp_path / "msda.png")
     assert saved.size == (128, 128)

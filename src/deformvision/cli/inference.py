@@ -44,9 +44,10 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--model", metavar="NAME", help="a registered model name")
     parser.add_argument(
-        "--checkpoint", metavar="PATH",
+        "--checkpoint",
+        metavar="PATH",
         help="weights (default: the run's, model.checkpoint, or with --model the published pretrained weights)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--output-dir", default="predictions", metavar="DIR", help="where to write (default: predictions)"
     )
@@ -55,13 +56,20 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes per image (default: 5)")
     parser.add_argument(
-        "--img-size", type=_positive_int, metavar="S",
+        "--img-size",
+        type=_positive_int,
+        metavar="S",
         help="input side: detectors resize the shorter side to S (aug.val_size), classifiers crop S (data.img_size)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
         help="config overrides, e.g. --set aug.max_size=1333 loss.num_select=50",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--model-kwargs", type=_json_object, default={}, metavar="JSON", help="further model arguments (JSON object)"
     )
@@ -78,10 +86,23 @@ def _run_predict(args: argparse.Namespace) -> int:
         overrides += [f"aug.val_size={args.img_size}", f"data.img_size={args.img_size}"]
     try:
         config = config_file(args.config) if args.config is not None else None
-        predictor = load_predictor(run=args.run, config=config, model=args.model, checkpoint=args.checkpoint,
-                                   overrides=overrides, model_kwargs=args.model_kwargs, device=args.device)
-        path = predict_files(predictor, args.inputs, args.output_dir, score_threshold=args.score_threshold,
-                             top_k=args.top_k, batch_size=args.batch_size)  # fmt: skip
+        predictor = load_predictor(
+            run=args.run,
+            config=config,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            overrides=overrides,
+            model_kwargs=args.model_kwargs,
+            device=args.device,
+        )
+        path = predict_files(
+            predictor,
+            args.inputs,
+            args.output_dir,
+            score_threshold=args.score_threshold,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+        )
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         _error("predict", str(err))
         return 1
@@ -127,19 +148,39 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="detection",
-                        help="what the model learns (default: detection)")  # fmt: skip
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
-                        help=f"where to write everything (default: ./{DEFAULT_OUTPUT_DIR})")  # fmt: skip
+    parser.add_argument(
+        "--task", choices=sorted(TASKS), default="detection", help="what the model learns (default: detection)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        metavar="DIR",
+        help=f"where to write everything (default: ./{DEFAULT_OUTPUT_DIR})",
+    )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
-                        help=f"training time budget in minutes (default: {DEFAULT_MINUTES:g})")  # fmt: skip
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        metavar="M",
+        help=f"training time budget in minutes (default: {DEFAULT_MINUTES:g})",
+    )
     budget.add_argument("--epochs", type=_positive_int, metavar="N", help="train N epochs instead, however long")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="training seed (default: 0)")
-    parser.add_argument("--num-train", type=_positive_int, default=1000, metavar="N",
-                        help="training canvases (default: 1000, the built-in set)")  # fmt: skip
-    parser.add_argument("--num-val", type=_positive_int, default=200, metavar="N",
-                        help="validation canvases (default: 200, the built-in set)")  # fmt: skip
+    parser.add_argument(
+        "--num-train",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="training canvases (default: 1000, the built-in set)",
+    )
+    parser.add_argument(
+        "--num-val",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="validation canvases (default: 200, the built-in set)",
+    )
     parser.add_argument("--threads", type=_positive_int, metavar="T", help="CPU threads (default: 1, fastest here)")
     parser.set_defaults(func=_run_demo)
 
@@ -149,15 +190,25 @@ def _run_demo(args: argparse.Namespace) -> int:
         _error("demo", f"--minutes must be positive, got {args.minutes:g}")
         return 2
     try:
-        result = run_demo(args.output_dir, task=args.task, minutes=args.minutes, epochs=args.epochs, seed=args.seed,
-                          num_train=args.num_train, num_val=args.num_val, threads=args.threads)  # fmt: skip
+        result = run_demo(
+            args.output_dir,
+            task=args.task,
+            minutes=args.minutes,
+            epochs=args.epochs,
+            seed=args.seed,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            threads=args.threads,
+        )
     except ValueError as err:  # e.g. an output directory holding another dataset
         _error("demo", str(err))
         return 1
     m = result.metrics
     if args.task == "detection":
-        numbers = (f"COCO box AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}  APs {m['APs']:.3f}  "
-                   f"APm {m['APm']:.3f}  AR100 {m['AR100']:.3f}")  # fmt: skip
+        numbers = (
+            f"COCO box AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}  APs {m['APs']:.3f}  "
+            f"APm {m['APm']:.3f}  AR100 {m['AR100']:.3f}"
+        )
     elif args.task == "instance":
         numbers = "  ".join(f"{name} {m[name]:.3f}" for name in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"))
     else:

@@ -151,9 +151,12 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-classes", type=_positive_int, metavar="N", help="classes (default: the checkpoint's class head)"
     )
     parser.add_argument(
-        "--model-kwargs", type=_json_object, default={}, metavar="JSON",
-        help='further model arguments as a JSON object, e.g. \'{"num_queries": 100}\'',
-    )  # fmt: skip
+        "--model-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="further model arguments as a JSON object, e.g. '{\"num_queries\": 100}'",
+    )
     parser.set_defaults(func=_run_convert)
 
 

@@ -30,9 +30,14 @@ configuration:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """``--set`` and the shortcut flags shared by ``train`` and ``eval``."""
     parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
         help="config overrides, e.g. --set optim.lr=1e-3 data.batch_size=16 model.kwargs.drop_path_rate=0.1",
-    )  # fmt: skip
+    )
     parser.add_argument("--batch-size", type=_positive_int, metavar="B", help="batch size per process")
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (device)")
     parser.add_argument("--workers", type=int, metavar="N", help="data loading processes (data.num_workers)")
@@ -44,13 +49,27 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     """The shortcut flags as overrides (``--epochs 3`` -> ``schedule.epochs=3``)."""
     flags = {
-        "epochs": "schedule.epochs", "batch_size": "data.batch_size", "lr": "optim.lr", "output_dir": "output_dir",
-        "resume": "resume", "device": "device", "seed": "seed", "amp": "amp", "model": "model.name",
-        "data": "data.root", "task": "data.task", "format": "data.format", "img_size": "data.img_size",
-        "num_classes": "data.num_classes", "workers": "data.num_workers",
-    }  # fmt: skip
-    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags.items()
-                 if getattr(args, flag, None) is not None]  # fmt: skip
+        "epochs": "schedule.epochs",
+        "batch_size": "data.batch_size",
+        "lr": "optim.lr",
+        "output_dir": "output_dir",
+        "resume": "resume",
+        "device": "device",
+        "seed": "seed",
+        "amp": "amp",
+        "model": "model.name",
+        "data": "data.root",
+        "task": "data.task",
+        "format": "data.format",
+        "img_size": "data.img_size",
+        "num_classes": "data.num_classes",
+        "workers": "data.num_workers",
+    }
+    overrides = [
+        f"{key}={json.dumps(getattr(args, flag))}"
+        for flag, key in flags.items()
+        if getattr(args, flag, None) is not None
+    ]
     if getattr(args, "deterministic", False):
         overrides.append("deterministic=true")
     if getattr(args, "overwrite", False):
@@ -105,15 +124,19 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, metavar="LR", help="base learning rate (optim.lr)")
     parser.add_argument("--output-dir", metavar="DIR", help="run directory (output_dir)")
     parser.add_argument(
-        "--resume", nargs="?", const="auto", metavar="RUN",
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="RUN",
         help="resume from the newest checkpoint of RUN (a run directory or its last_checkpoint.json); "
         "without RUN, or 'auto': from output_dir if it has one, else start fresh",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace an earlier run in output_dir (its config, log, checkpoints and weights); without it (and "
         "without --resume) a run directory that holds a run is refused",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (seed)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (deterministic=true)")
     parser.set_defaults(func=_run_train)
@@ -160,10 +183,11 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", nargs="?", help="recipe name or YAML config file (default: the built-in defaults)")
     parser.add_argument(
-        "--checkpoint", metavar="PATH",
+        "--checkpoint",
+        metavar="PATH",
         help="weights: a safetensors or official file, or a run directory (its final weights, else newest "
         "checkpoint); default: model.checkpoint of the config",
-    )  # fmt: skip
+    )
     parser.add_argument("--model", metavar="NAME", help=f"registered model (model.name): {', '.join(list_models())}")
     parser.add_argument("--data", metavar="ROOT", help="dataset root (data.root)")
     parser.add_argument("--task", choices=("classification", "detection", "instance", "semantic"), help="data.task")

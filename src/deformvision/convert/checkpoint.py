@@ -125,8 +125,12 @@ def infer_model(state_dict: dict[str, Tensor]) -> str:
         deep = any(k.startswith("stages.2.attns.6.") for k in state_dict)  # DAT-T has 6 blocks there, S/B 18
         table = state_dict.get("stages.0.attns.0.relative_position_bias_table")
         window_12 = table is not None and table.shape[0] == (2 * 12 - 1) ** 2
-        names = {(96, False, False): "dat_tiny", (96, True, False): "dat_small", (128, True, False): "dat_base",
-                 (128, True, True): "dat_base_384"}  # fmt: skip
+        names = {
+            (96, False, False): "dat_tiny",
+            (96, True, False): "dat_small",
+            (128, True, False): "dat_base",
+            (128, True, True): "dat_base_384",
+        }
         if (width, deep, window_12) in names:
             return names[width, deep, window_12]
     raise ValueError("cannot tell the model from the checkpoint; name it (--model)")

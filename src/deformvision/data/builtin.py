@@ -194,9 +194,15 @@ def build_digits_detection(
     """
     _check_object_size(object_size, canvas)
     spec = {
-        "dataset": "digits_detection", "version": 1, "canvas": canvas, "num_train": num_train,
-        "num_val": num_val, "seed": seed, "object_size": list(object_size), "max_objects": max_objects,
-    }  # fmt: skip
+        "dataset": "digits_detection",
+        "version": 1,
+        "canvas": canvas,
+        "num_train": num_train,
+        "num_val": num_val,
+        "seed": seed,
+        "object_size": list(object_size),
+        "max_objects": max_objects,
+    }
 
     def write(out: Path) -> None:
         _write_coco(out, "detection", seed, canvas, (num_train, num_val), object_size, max_objects, masks=False)
@@ -254,17 +260,23 @@ def _write_coco(
         (out / split / "images").mkdir(parents=True)
         coco: dict[str, Any] = {
             "info": {"description": f"deformvision digits {kind} ({split})", "version": "1"},
-            "images": [], "annotations": [], "categories": categories,
-        }  # fmt: skip
+            "images": [],
+            "annotations": [],
+            "categories": categories,
+        }
         for image_id, pixels, objects in canvases:
             file_name = f"{image_id:05d}.png"
             Image.fromarray(pixels).save(out / split / "images" / file_name)
             coco["images"].append({"id": image_id, "file_name": file_name, "width": canvas, "height": canvas})
             for bbox, digit, ink in objects:
                 annotation = {
-                    "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": digit,
-                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
-                }  # fmt: skip
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": digit,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
                 if masks:
                     mask = _object_mask(bbox, ink, canvas)
                     rle = mask_utils.encode(np.asfortranarray(mask))
@@ -294,9 +306,15 @@ def build_digits_instance(
     """
     _check_object_size(object_size, canvas)
     spec = {
-        "dataset": "digits_instance", "version": 1, "canvas": canvas, "num_train": num_train,
-        "num_val": num_val, "seed": seed, "object_size": list(object_size), "max_objects": max_objects,
-    }  # fmt: skip
+        "dataset": "digits_instance",
+        "version": 1,
+        "canvas": canvas,
+        "num_train": num_train,
+        "num_val": num_val,
+        "seed": seed,
+        "object_size": list(object_size),
+        "max_objects": max_objects,
+    }
 
     def write(out: Path) -> None:
         _write_coco(out, "instance", seed, canvas, (num_train, num_val), object_size, max_objects, masks=True)
@@ -325,9 +343,15 @@ def build_digits_semantic(
     """
     _check_object_size(object_size, canvas)
     spec = {
-        "dataset": "digits_semantic", "version": 1, "canvas": canvas, "num_train": num_train,
-        "num_val": num_val, "seed": seed, "object_size": list(object_size), "max_objects": max_objects,
-    }  # fmt: skip
+        "dataset": "digits_semantic",
+        "version": 1,
+        "canvas": canvas,
+        "num_train": num_train,
+        "num_val": num_val,
+        "seed": seed,
+        "object_size": list(object_size),
+        "max_objects": max_objects,
+    }
 
     def write(out: Path) -> None:
         for split, canvases in _canvases(seed, canvas, (num_train, num_val), object_size, max_objects):

@@ -83,15 +83,17 @@ def _check_segmentation(segmentation: Any, height: int, width: int) -> list[list
         raise _InvalidAnnotation(f"segmentation must be a list of polygons or an RLE dict, got {segmentation!r}")
     size, counts = segmentation.get("size"), segmentation.get("counts")
     if size != [height, width]:
-        raise _InvalidAnnotation(f"RLE segmentation 'size' {size!r} is not the image's [height, width] "
-                                 f"{[height, width]}")  # fmt: skip
+        raise _InvalidAnnotation(
+            f"RLE segmentation 'size' {size!r} is not the image's [height, width] {[height, width]}"
+        )
     if isinstance(counts, str):
         runs = _rle_string_counts(counts)
     elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
         runs = counts
     else:
-        raise _InvalidAnnotation(f"RLE segmentation 'counts' must be a string or a list of ints, got "
-                                 f"{type(counts).__name__}")  # fmt: skip
+        raise _InvalidAnnotation(
+            f"RLE segmentation 'counts' must be a string or a list of ints, got {type(counts).__name__}"
+        )
     if any(run < 0 for run in runs) or sum(runs) != height * width:
         raise _InvalidAnnotation(
             f"RLE segmentation runs must be non-negative and sum to height*width={height * width}, "
@@ -329,9 +331,13 @@ class CocoDetection(Dataset):
         size = torch.tensor([img.height, img.width])
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(img.height, img.width)),
-            "labels": labels.clone(), "area": area.clone(), "iscrowd": torch.zeros_like(labels),
-            "image_id": torch.tensor(image_id), "orig_size": size, "size": size.clone(),
-        }  # fmt: skip
+            "labels": labels.clone(),
+            "area": area.clone(),
+            "iscrowd": torch.zeros_like(labels),
+            "image_id": torch.tensor(image_id),
+            "orig_size": size,
+            "size": size.clone(),
+        }
         if self.masks:
             masks = np.zeros((len(segmentations), img.height, img.width), np.uint8)
             for k, segmentation in enumerate(segmentations):

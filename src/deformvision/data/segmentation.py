@@ -24,23 +24,157 @@ IGNORE_INDEX = 255
 
 # The 150 classes of ADE20K's SceneParsing benchmark, in label order (label k is the file's value k + 1).
 ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
-    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
-    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
-    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
-    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
-    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
-    "glass", "clock", "flag",
-)  # fmt: skip
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
+)
 _LABEL_MODES = ("1", "L", "P", "I;16", "I")  # single-channel PNG modes whose values are class indices (never rescaled)
 _SHOWN = 5  # file names shown in an error about unmatched files
 
@@ -54,8 +188,9 @@ def _files(folder: Path, what: str, keep: Callable[[Path], bool]) -> dict[str, P
         if path.is_file() and keep(path) and not any(part.startswith(".") for part in path.relative_to(folder).parts):
             key = path.relative_to(folder).with_suffix("").as_posix()
             if key in found:
-                raise ValueError(f"{what} folder {folder} holds two files with the stem {key!r}: "
-                                 f"{found[key].name} and {path.name}")  # fmt: skip
+                raise ValueError(
+                    f"{what} folder {folder} holds two files with the stem {key!r}: {found[key].name} and {path.name}"
+                )
             found[key] = path
     return found
 
@@ -114,9 +249,9 @@ class SegmentationFolder(Dataset):
     ) -> None:
         self.images_dir = Path(images_dir)
         self.labels_dir = Path(labels_dir)
-        self.transforms = transforms if transforms is not None else v2.Compose(
-            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        )  # fmt: skip
+        self.transforms = (
+            transforms if transforms is not None else v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        )
         self.reduce_zero_label = reduce_zero_label
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -146,8 +281,10 @@ class SegmentationFolder(Dataset):
         try:
             with Image.open(path) as img:
                 if img.mode not in _LABEL_MODES:
-                    raise ValueError(f"label map {path} has mode {img.mode}; expected a single-channel PNG of "
-                                     f"class indices (mode {', '.join(_LABEL_MODES)})")  # fmt: skip
+                    raise ValueError(
+                        f"label map {path} has mode {img.mode}; expected a single-channel PNG of "
+                        f"class indices (mode {', '.join(_LABEL_MODES)})"
+                    )
                 label = np.array(img)
         except FileNotFoundError:
             raise FileNotFoundError(f"label map not found: {path}") from None
@@ -165,18 +302,24 @@ class SegmentationFolder(Dataset):
         image = load_rgb(image_path)
         label = self.load_label(label_path)
         if label.shape != (image.height, image.width):
-            raise ValueError(f"label map {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
-                             f"{image_path} is {image.width}x{image.height}")  # fmt: skip
+            raise ValueError(
+                f"label map {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
+                f"{image_path} is {image.width}x{image.height}"
+            )
         if self.num_classes is not None:
             bad = np.unique(label[(label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))])
             if bad.size:
-                raise ValueError(f"label map {label_path} has values {bad[:10].tolist()} outside "
-                                 f"0..{self.num_classes - 1} and ignore_index={self.ignore_index}")  # fmt: skip
+                raise ValueError(
+                    f"label map {label_path} has values {bad[:10].tolist()} outside "
+                    f"0..{self.num_classes - 1} and ignore_index={self.ignore_index}"
+                )
         return self.transforms(image, tv_tensors.Mask(torch.from_numpy(label)))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(images_dir={str(self.images_dir)!r}, labels_dir={str(self.labels_dir)!r}, "
-                f"samples={len(self)}, reduce_zero_label={self.reduce_zero_label})")  # fmt: skip
+        return (
+            f"{type(self).__name__}(images_dir={str(self.images_dir)!r}, labels_dir={str(self.labels_dir)!r}, "
+            f"samples={len(self)}, reduce_zero_label={self.reduce_zero_label})"
+        )
 
 
 class ADE20K(SegmentationFolder):
@@ -214,6 +357,9 @@ class ADE20K(SegmentationFolder):
         self.root = base
         self.split = split
         super().__init__(
-            base / "images" / split, base / "annotations" / split, transforms,
-            reduce_zero_label=True, num_classes=len(ADE20K_CLASSES),
-        )  # fmt: skip
+            base / "images" / split,
+            base / "annotations" / split,
+            transforms,
+            reduce_zero_label=True,
+            num_classes=len(ADE20K_CLASSES),
+        )

@@ -68,8 +68,17 @@ def build_classification_transforms(
         raise ValueError(f"hflip and reprob must be probabilities in [0, 1], got hflip={hflip}, reprob={reprob}")
     auto_augment = rand_augment_config(*rand_augment) if rand_augment is not None else None
     transform = create_transform(
-        img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, color_jitter=None,
-        auto_augment=auto_augment, re_prob=reprob, re_mode="pixel", re_count=1, **common,
+        img_size,
+        is_training=True,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        hflip=hflip,
+        color_jitter=None,
+        auto_augment=auto_augment,
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+        **common,
     )
     for step in transform.transforms:
         if isinstance(step, RandAugment):

@@ -85,8 +85,9 @@ class RandomSizeCrop(v2.Transform):
     def __init__(self, min_size: int, max_size: int) -> None:
         super().__init__()
         if not 0 < min_size <= max_size:
-            raise ValueError(f"RandomSizeCrop needs 0 < min_size <= max_size, got min_size={min_size}, "
-                             f"max_size={max_size}")  # fmt: skip
+            raise ValueError(
+                f"RandomSizeCrop needs 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}"
+            )
         self.min_size = min_size
         self.max_size = max_size
 
@@ -142,8 +143,9 @@ class NormalizeBoxes(v2.Transform):
         if boxes is not None:
             if isinstance(boxes, tv_tensors.BoundingBoxes):
                 if tuple(boxes.canvas_size) != (height, width):
-                    raise ValueError(f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is "
-                                     f"{(height, width)} (h, w)")  # fmt: skip
+                    raise ValueError(
+                        f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is {(height, width)} (h, w)"
+                    )
                 cxcywh = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
                 cxcywh = cxcywh.as_subclass(torch.Tensor)
             else:
@@ -257,8 +259,9 @@ class ToInstanceTarget(v2.Transform):
         if boxes is not None:
             if isinstance(boxes, tv_tensors.BoundingBoxes):
                 if tuple(boxes.canvas_size) != (height, width):
-                    raise ValueError(f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is "
-                                     f"{(height, width)} (h, w)")  # fmt: skip
+                    raise ValueError(
+                        f"boxes are on a {tuple(boxes.canvas_size)} canvas but the image is {(height, width)} (h, w)"
+                    )
                 boxes = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
             boxes = torch.as_tensor(boxes).as_subclass(torch.Tensor).to(torch.float32)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

@@ -87,17 +87,36 @@ def build_transforms(config: TrainConfig, train: bool) -> Callable[..., Any]:
     if data.task == "instance":
         return build_instance_transforms(train, hflip=aug.hflip, crop=aug.crop)
     if data.task == "semantic":
-        return build_segmentation_transforms(train, scale=aug.seg_scale, ratio_range=aug.seg_ratio_range,
-                                             crop_size=aug.seg_crop, cat_max_ratio=aug.cat_max_ratio,
-                                             hflip=aug.hflip, photometric=aug.photometric)  # fmt: skip
+        return build_segmentation_transforms(
+            train,
+            scale=aug.seg_scale,
+            ratio_range=aug.seg_ratio_range,
+            crop_size=aug.seg_crop,
+            cat_max_ratio=aug.cat_max_ratio,
+            hflip=aug.hflip,
+            photometric=aug.photometric,
+        )
     if data.task == "detection":
-        return build_detection_transforms(train, scales=aug.scales, max_size=aug.max_size, crop=aug.crop,
-                                          crop_resize=aug.crop_resize, val_size=aug.val_size,
-                                          hflip=aug.hflip)  # fmt: skip
+        return build_detection_transforms(
+            train,
+            scales=aug.scales,
+            max_size=aug.max_size,
+            crop=aug.crop,
+            crop_resize=aug.crop_resize,
+            val_size=aug.val_size,
+            hflip=aug.hflip,
+        )
     if not train:
         return build_classification_transforms(False, data.img_size, crop_pct=aug.crop_pct)
-    return build_classification_transforms(True, data.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
-                                           rand_augment=aug.rand_augment, reprob=aug.reprob)  # fmt: skip
+    return build_classification_transforms(
+        True,
+        data.img_size,
+        scale=aug.scale,
+        ratio=aug.ratio,
+        hflip=aug.hflip,
+        rand_augment=aug.rand_augment,
+        reprob=aug.reprob,
+    )
 
 
 def _classification_data(config: TrainConfig, train: bool) -> DataBundle:
@@ -138,8 +157,9 @@ def _detection_data(config: TrainConfig, train: bool) -> DataBundle:
         raise ValueError(f"{data.task} data must be coco or digits, got format={data.format!r}")
 
     def dataset(split: str, is_train: bool) -> SeededTransform:
-        base = CocoDetection(images[split], annotations[split], _untransformed, contiguous_ids=data.contiguous_ids,
-                             masks=instance)  # fmt: skip
+        base = CocoDetection(
+            images[split], annotations[split], _untransformed, contiguous_ids=data.contiguous_ids, masks=instance
+        )
         return SeededTransform(base, build_transforms(config, is_train), config.seed, detection=True)
 
     val_set = dataset("val", False)
@@ -167,10 +187,15 @@ def _semantic_data(config: TrainConfig, train: bool) -> DataBundle:
             build_digits_semantic(root)
         reduce = data.reduce_zero_label and data.format != "digits"
         splits = {
-            name: SegmentationFolder(root / split / "images", root / split / "labels", _untransformed,
-                                     reduce_zero_label=reduce, num_classes=data.num_classes)
+            name: SegmentationFolder(
+                root / split / "images",
+                root / split / "labels",
+                _untransformed,
+                reduce_zero_label=reduce,
+                num_classes=data.num_classes,
+            )
             for name, split in (("train", data.train_split), ("val", data.val_split))
-        }  # fmt: skip
+        }
         names = list(DIGITS_SEMANTIC_CLASSES) if data.format == "digits" else []
     else:
         raise ValueError(f"semantic data must be ade20k, segmentation_folder or digits, got format={data.format!r}")
@@ -182,8 +207,12 @@ def _semantic_data(config: TrainConfig, train: bool) -> DataBundle:
     def wrap(name: str, is_train: bool) -> SeededTransform:
         return SeededTransform(splits[name], build_transforms(config, is_train), config.seed, detection=True)
 
-    return DataBundle(train=wrap("train", True) if train else None, val=wrap("val", False),
-                      num_classes=_num_classes(config, len(names)), class_names=names)  # fmt: skip
+    return DataBundle(
+        train=wrap("train", True) if train else None,
+        val=wrap("val", False),
+        num_classes=_num_classes(config, len(names)),
+        class_names=names,
+    )
 
 
 def build_data(config: TrainConfig, train: bool = True) -> DataBundle:
@@ -221,21 +250,33 @@ def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
                     f"aug.mixup={aug.mixup} / aug.cutmix={aug.cutmix} mix each image with its mirror in the batch "
                     f"(timm's Mixup): data.batch_size must be even, got {config.data.batch_size}"
                 )
-            mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
-                          switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=loss.label_smoothing,
-                          num_classes=data.num_classes)  # fmt: skip
+            mixup = Mixup(
+                mixup_alpha=aug.mixup,
+                cutmix_alpha=aug.cutmix,
+                prob=aug.mixup_prob,
+                switch_prob=aug.mixup_switch_prob,
+                mode="batch",
+                label_smoothing=loss.label_smoothing,
+                num_classes=data.num_classes,
+            )
         return ClassificationTask(data.num_classes, mixup, loss.label_smoothing)
     if config.data.task == "instance":
         roi_heads = getattr(model, "roi_heads", None)
         masks = roi_heads is not None and roi_heads.has_mask()
         return InstanceTask(data.val_annotations, data.label_to_category_id, masks=masks)
     if config.data.task == "semantic":
-        return SemanticTask(data.num_classes, inference=aug.seg_inference, crop_size=aug.seg_crop,
-                            stride=aug.slide_stride)  # fmt: skip
+        return SemanticTask(
+            data.num_classes, inference=aug.seg_inference, crop_size=aug.seg_crop, stride=aug.slide_stride
+        )
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou, loss.focal_alpha)
     num_decoder_layers = len(model.transformer.decoder.layers) if hasattr(model, "transformer") else 1
-    weights = weight_dict(num_decoder_layers, bool(getattr(model, "two_stage", False)), loss.cls_loss_coef,
-                          loss.bbox_loss_coef, loss.giou_loss_coef)  # fmt: skip
+    weights = weight_dict(
+        num_decoder_layers,
+        bool(getattr(model, "two_stage", False)),
+        loss.cls_loss_coef,
+        loss.bbox_loss_coef,
+        loss.giou_loss_coef,
+    )
     criterion = SetCriterion(data.num_classes, matcher, weights, focal_alpha=loss.focal_alpha)
     return DetectionTask(criterion, PostProcess(loss.num_select), data.val_annotations, data.label_to_category_id)
 
@@ -255,7 +296,11 @@ def build_loader(
     if data.task == "semantic" and not train:
         batch_size = 1  # label maps keep their original sizes (mmseg's protocol): one image per batch
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=data.num_workers,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=data.num_workers,
         collate_fn={"detection": collate_detection, "instance": collate_instances}.get(data.task),
-        pin_memory=data.pin_memory and device.type == "cuda", generator=torch.Generator().manual_seed(config.seed),
-    )  # fmt: skip
+        pin_memory=data.pin_memory and device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )

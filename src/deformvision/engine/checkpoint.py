@@ -85,9 +85,12 @@ class CheckpointManager:
         save_weights(weights, self.folder / f"{stem}.safetensors")
         atomic_write(self.folder / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
         record = {
-            "weights": f"{CHECKPOINT_DIR}/{stem}.safetensors", "state": f"{CHECKPOINT_DIR}/{stem}.state.pt",
-            "global_step": step, "epoch": state.get("epoch"), "epoch_complete": state.get("epoch_complete"),
-        }  # fmt: skip
+            "weights": f"{CHECKPOINT_DIR}/{stem}.safetensors",
+            "state": f"{CHECKPOINT_DIR}/{stem}.state.pt",
+            "global_step": step,
+            "epoch": state.get("epoch"),
+            "epoch_complete": state.get("epoch_complete"),
+        }
         pointer = self.run_dir / POINTER
         write_json_atomic(pointer, record, indent=2)
         self._prune(keep_stem=stem)

@@ -81,10 +81,14 @@ class ClassificationTask:
             logits = logits.float()
             top = logits.topk(k, dim=1).indices
             hits = top == labels[:, None]
-            sums += torch.stack([
-                F.cross_entropy(logits, labels, reduction="sum").double(), hits[:, 0].sum().double(),
-                hits.any(1).sum().double(), torch.tensor(len(labels), dtype=torch.float64, device=device),
-            ])  # fmt: skip
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, labels, reduction="sum").double(),
+                    hits[:, 0].sum().double(),
+                    hits.any(1).sum().double(),
+                    torch.tensor(len(labels), dtype=torch.float64, device=device),
+                ]
+            )
         model.train(was_training)
         loss, top1, top5, count = all_reduce_sum(sums).tolist()
         if count == 0:

@@ -86,8 +86,11 @@ def _load_detections(ground_truth: COCO, detections: list[dict[str, Any]]) -> CO
         with contextlib.redirect_stdout(io.StringIO()):
             return ground_truth.loadRes(copy.deepcopy(detections))  # loadRes adds keys to the dicts
     empty = COCO()
-    empty.dataset = {"images": list(ground_truth.dataset["images"]), "annotations": [],
-                     "categories": copy.deepcopy(ground_truth.dataset["categories"])}  # fmt: skip
+    empty.dataset = {
+        "images": list(ground_truth.dataset["images"]),
+        "annotations": [],
+        "categories": copy.deepcopy(ground_truth.dataset["categories"]),
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         empty.createIndex()
     return empty

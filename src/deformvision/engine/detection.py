@@ -79,8 +79,13 @@ class DetectionTask:
         return loss, logs
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, loader: Iterable[Batch], device: torch.device,
-                autocast: Callable[[], contextlib.AbstractContextManager]) -> list[dict[str, Any]]:  # fmt: skip
+    def predict(
+        self,
+        model: nn.Module,
+        loader: Iterable[Batch],
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> list[dict[str, Any]]:
         """COCO results of this process's images."""
         was_training = model.training
         model.eval()

@@ -64,9 +64,12 @@ class InstanceTask:
 
     @torch.no_grad()
     def predict(
-        self, model: nn.Module, loader: Iterable[Batch], device: torch.device,
+        self,
+        model: nn.Module,
+        loader: Iterable[Batch],
+        device: torch.device,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    ) -> list[dict[str, Any]]:
         """COCO results of this process's images."""
         was_training = model.training
         model.eval()
@@ -74,8 +77,9 @@ class InstanceTask:
         for images, targets in loader:
             with autocast():
                 outputs = model([image.to(device, non_blocking=True) for image in images])
-            results = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
-                       for out in outputs]  # fmt: skip
+            results = [
+                {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()} for out in outputs
+            ]
             image_ids = [int(t["image_id"]) for t in targets]
             entries += detections_to_coco(image_ids, results, self.label_to_category_id)
         model.train(was_training)

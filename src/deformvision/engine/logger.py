@@ -43,8 +43,9 @@ class Meters:
         """``({key: mean over all samples of all processes}, total samples)``, then reset."""
         keys = list(self.sums)
         local = [torch.as_tensor(self.sums[k], dtype=torch.float64, device=device) for k in keys]
-        totals = all_reduce_sum(torch.stack([torch.tensor(float(self.count), dtype=torch.float64, device=device),
-                                             *local])).tolist()  # fmt: skip
+        totals = all_reduce_sum(
+            torch.stack([torch.tensor(float(self.count), dtype=torch.float64, device=device), *local])
+        ).tolist()
         count = int(totals[0])
         self.sums, self.count = {}, 0
         return {k: v / max(count, 1) for k, v in zip(keys, totals[1:], strict=True)}, count
@@ -97,8 +98,15 @@ class RunLogger:
     def start_bar(self, total: int, initial: int, description: str) -> None:
         """A bar of ``total`` images, ``initial`` already done (resumed epoch)."""
         if self.use_bar:
-            self.bar = tqdm(total=total, initial=initial, desc=description, unit="img", unit_scale=True,
-                            dynamic_ncols=True, leave=False)  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=description,
+                unit="img",
+                unit_scale=True,
+                dynamic_ncols=True,
+                leave=False,
+            )
 
     def advance_bar(self, images: int, **postfix: torch.Tensor | float) -> None:
         """Move the bar by ``images`` and show ``postfix`` values (read only when a bar shows: no device sync)."""

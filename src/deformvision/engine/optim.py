@@ -69,10 +69,16 @@ def param_groups(
             role = next((key for key in lr_mults if key in name), "base")
             group_lr = lr * lr_mults.get(role, 1.0)
         no_decay = (no_decay_1d and param.ndim <= 1) or any(key in name for key in no_decay_keywords)
-        group = groups.setdefault((role, no_decay), {
-            "params": [], "param_names": [], "role": role, "lr": group_lr,
-            "weight_decay": 0.0 if no_decay else weight_decay,
-        })  # fmt: skip
+        group = groups.setdefault(
+            (role, no_decay),
+            {
+                "params": [],
+                "param_names": [],
+                "role": role,
+                "lr": group_lr,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            },
+        )
         group["params"].append(param)
         group["param_names"].append(name)
     return list(groups.values())
@@ -90,9 +96,14 @@ def build_optimizer(model: nn.Module, config: OptimConfig, lr_scale: float = 1.0
         raise ValueError(f"lr_scale must be a finite number > 0, got {lr_scale}")
     backbone_lr = config.backbone_lr * lr_scale if config.backbone_lr is not None else None
     groups = param_groups(
-        model, config.lr * lr_scale, config.weight_decay, backbone_lr=backbone_lr, lr_mults=config.lr_mults,
-        no_decay_1d=config.no_decay_1d, no_decay_keywords=config.no_decay_keywords,
-    )  # fmt: skip
+        model,
+        config.lr * lr_scale,
+        config.weight_decay,
+        backbone_lr=backbone_lr,
+        lr_mults=config.lr_mults,
+        no_decay_1d=config.no_decay_1d,
+        no_decay_keywords=config.no_decay_keywords,
+    )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if config.name == "sgd":

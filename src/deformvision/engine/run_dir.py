@@ -31,9 +31,21 @@ FINAL_EMA_WEIGHTS = "model_ema_final.safetensors"
 RUN_FILES = (RUN_CONFIG, "log.jsonl", POINTER, CHECKPOINT_DIR, FINAL_WEIGHTS, FINAL_EMA_WEIGHTS, "metrics.json")
 # Dotted config keys (or prefixes ending in ".") a resumed run may change: where and how fast it runs,
 # what it prints, how it is evaluated; not what it trains.
-RESUME_SAFE_KEYS = ("output_dir", "resume", "overwrite", "threads", "device", "log.", "eval_every", "checkpoint.keep",
-                    "checkpoint.every_steps", "data.root", "data.num_workers", "data.pin_memory",
-                    "data.eval_batch_size")  # fmt: skip
+RESUME_SAFE_KEYS = (
+    "output_dir",
+    "resume",
+    "overwrite",
+    "threads",
+    "device",
+    "log.",
+    "eval_every",
+    "checkpoint.keep",
+    "checkpoint.every_steps",
+    "data.root",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.eval_batch_size",
+)
 
 
 def existing_run_files(run_dir: Path) -> list[str]:

@@ -105,8 +105,9 @@ class Trainer:
 
         batch_size, world_size = config.data.batch_size, self.dist.world_size
         self.global_batch = batch_size * world_size
-        self.sampler = EpochSampler(len(self.data.train), batch_size, seed=config.seed, rank=self.dist.rank,
-                                    world_size=world_size)  # fmt: skip
+        self.sampler = EpochSampler(
+            len(self.data.train), batch_size, seed=config.seed, rank=self.dist.rank, world_size=world_size
+        )
         self.loader = build_loader(self.data.train, self.sampler, config, train=True, device=self.device)
         val_sampler = ShardSampler(len(self.data.val), self.dist.rank, world_size)
         self.val_loader = build_loader(self.data.val, val_sampler, config, train=False, device=self.device)
@@ -159,10 +160,13 @@ class Trainer:
             last = self.budget.spent(self.global_step)
             metrics = self.evaluate() if last or (self.epoch + 1) % config.eval_every == 0 else {}
             record = {
-                "type": "epoch", "epoch": self.epoch, "global_step": self.global_step,
-                **{f"train_{k}": v for k, v in train_metrics.items()}, **{f"val_{k}": v for k, v in metrics.items()},
+                "type": "epoch",
+                "epoch": self.epoch,
+                "global_step": self.global_step,
+                **{f"train_{k}": v for k, v in train_metrics.items()},
+                **{f"val_{k}": v for k, v in metrics.items()},
                 "epoch_time_s": round(time.perf_counter() - epoch_start, 3),
-            }  # fmt: skip
+            }
             summary = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("type", "epoch"))
             self.log.write(record, f"epoch {self._epoch_text()}: {summary}")
             if complete:
@@ -201,8 +205,11 @@ class Trainer:
         self.ddp_model.train()
         interval = Meters()
         interval_start = time.perf_counter()
-        self.log.start_bar(self.steps_per_epoch * self.global_batch, self.batches_done * self.global_batch,
-                           f"epoch {self._epoch_text()}")  # fmt: skip
+        self.log.start_bar(
+            self.steps_per_epoch * self.global_batch,
+            self.batches_done * self.global_batch,
+            f"epoch {self._epoch_text()}",
+        )
         for batch in self.loader:
             if self.budget.spent(self.global_step):
                 break
@@ -254,9 +261,15 @@ class Trainer:
         progress = self.budget.progress(self.global_step)
         eta = self.budget.seconds * (1.0 - progress) / progress if 0.0 < progress < 1.0 else 0.0
         record = {
-            "type": "train", "epoch": self.epoch, "step": self.batches_done, "global_step": self.global_step,
-            "lr": lr, **values, "throughput": round(count / max(elapsed, 1e-9), 2), "eta_s": round(eta, 1),
-        }  # fmt: skip
+            "type": "train",
+            "epoch": self.epoch,
+            "step": self.batches_done,
+            "global_step": self.global_step,
+            "lr": lr,
+            **values,
+            "throughput": round(count / max(elapsed, 1e-9), 2),
+            "eta_s": round(eta, 1),
+        }
         text = (
             f"epoch {self.epoch + 1} step {self.batches_done}/{self.steps_per_epoch} loss {values['loss']:.4f} "
             f"lr {lr:.3e} {record['throughput']:.1f} img/s eta {format_duration(record['eta_s'])}"
@@ -269,16 +282,25 @@ class Trainer:
         scheduler_state["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # the schedule comes from config
         return {
             "version": STATE_VERSION,
-            "epoch": self.epoch, "batches_done": self.batches_done, "epoch_complete": epoch_complete,
-            "global_step": self.global_step, "train_seconds": self.budget.seconds,
-            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler_state,
-            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_complete": epoch_complete,
+            "global_step": self.global_step,
+            "train_seconds": self.budget.seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler_state,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             # per process, in rank order: RNG states and the running sums of the epoch's logged values
             "rng": all_gather_objects(capture_rng_state()),
             "epoch_meters": all_gather_objects(self.epoch_meters.state_dict()),
-            "sampler": {"seed": self.config.seed, "world_size": self.dist.world_size,
-                        "batch_size": self.config.data.batch_size, "steps_per_epoch": self.steps_per_epoch},
-        }  # fmt: skip
+            "sampler": {
+                "seed": self.config.seed,
+                "world_size": self.dist.world_size,
+                "batch_size": self.config.data.batch_size,
+                "steps_per_epoch": self.steps_per_epoch,
+            },
+        }
 
     def _save(self, epoch_complete: bool) -> None:
         state = self._training_state(epoch_complete)
@@ -320,16 +342,22 @@ class Trainer:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{path} has training state version {state.get('version')}, expected {STATE_VERSION}")
         saved = state["sampler"]
-        now = {"seed": self.config.seed, "world_size": self.dist.world_size,
-               "batch_size": self.config.data.batch_size, "steps_per_epoch": self.steps_per_epoch}  # fmt: skip
+        now = {
+            "seed": self.config.seed,
+            "world_size": self.dist.world_size,
+            "batch_size": self.config.data.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
         if not state["epoch_complete"] and saved != now:
             raise ValueError(
                 f"cannot resume mid-epoch from {path}: it was saved with {saved}, this run has {now}; "
                 "use the same seed, processes and batch size (or resume from an epoch-end checkpoint)"
             )
         if saved["steps_per_epoch"] != now["steps_per_epoch"]:
-            self.log.print(f"warning: steps per epoch changed from {saved['steps_per_epoch']} to "
-                           f"{now['steps_per_epoch']}; the schedule continues by step count")  # fmt: skip
+            self.log.print(
+                f"warning: steps per epoch changed from {saved['steps_per_epoch']} to "
+                f"{now['steps_per_epoch']}; the schedule continues by step count"
+            )
 
 
 def train(config: TrainConfig) -> dict[str, float]:
@@ -354,6 +382,11 @@ def evaluate(config: TrainConfig, weights: str | Path | None = None) -> dict[str
         load_checkpoint(model, run_weights(path) if path.is_dir() else path)
     model.to(dist_info.device)
     task = build_task(config, data, model)
-    loader = build_loader(data.val, ShardSampler(len(data.val), dist_info.rank, dist_info.world_size), config,
-                          train=False, device=dist_info.device)  # fmt: skip
+    loader = build_loader(
+        data.val,
+        ShardSampler(len(data.val), dist_info.rank, dist_info.world_size),
+        config,
+        train=False,
+        device=dist_info.device,
+    )
     return task.evaluate(model, loader, dist_info.device, lambda: autocast(dist_info.device, amp))

@@ -125,8 +125,12 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         if k in state_dict and not _same_kind(state_dict[k].dtype, v.dtype)
     ]
     problems = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched),
-                         ("dtype mismatch", wrong_kind)):  # fmt: skip
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatch", mismatched),
+        ("dtype mismatch", wrong_kind),
+    ):
         if items:
             shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
             problems.append(f"{title}: {shown}")

@@ -5,13 +5,19 @@ The official model names its parts ``patch_proj``, ``down_projs``, ``stages.{i}.
 convolutions where ours are linear layers; and stores size-dependent buffers (``attn_mask``,
 ``relative_position_index``) that ours compute for the size seen. The renames are a rule table
 (``_PREFIX_RULES``, ``_WINDOW_RENAMES``) applied by :func:`rename_official_dat`.
+:func:`fit_dat_state_dict` (what ``DAT.checkpoint_filter`` runs) also fits our own or official checkpoints of
+another resolution, window or head to a model.
 """
 
+import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger("deformvision.models.dat")  # the messages are about DAT checkpoints
 
 _OFFICIAL_PREFIXES = ("patch_proj.", "down_projs.", "cls_head.")
 
@@ -86,3 +92,44 @@ def resize_table(table: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     ``load_pretrained``)."""
     resized = F.interpolate(table[None].float(), size=tuple(size), mode="bicubic", align_corners=False)
     return resized[0].to(table.dtype)
+
+
+def fit_dat_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    window_blocks: set[tuple[int, int]],
+    features_only: bool,
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` (official DAT v1 or ours) with a DAT's names and sizes; ``own`` is that DAT's state dict.
+
+    Official names are renamed (:func:`rename_official_dat`, ``window_blocks``: the ``(stage, block)`` pairs with
+    window attention); position tables of another resolution or window are resized bicubically; with
+    ``features_only`` the classifier's norm and head are dropped and missing per-output norms keep ``own``'s
+    values; a head that does not fit keeps ``own``'s (with a warning).
+    """
+    if is_official_dat(state_dict):
+        state_dict = rename_official_dat(state_dict, window_blocks)
+    converted = {}
+    for key, value in state_dict.items():
+        if key.endswith("rpe_table") and key in own and value.shape != own[key].shape and value.ndim == 3:
+            value = resize_table(value, own[key].shape[1:])
+        elif key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
+            side, new_side = math.isqrt(value.shape[0]), math.isqrt(own[key].shape[0])
+            table = value.T.reshape(1, -1, side, side)  # 1, heads, 2w-1, 2w-1
+            value = resize_table(table[0], (new_side, new_side)).reshape(-1, new_side**2).T
+        converted[key] = value
+    if features_only:
+        for key in [k for k in converted if k.startswith(("head.", "norm."))]:
+            del converted[key]
+        for key, value in own.items():
+            if key.startswith("feature_norms.") and key not in converted:
+                converted[key] = value
+    for key in ("head.weight", "head.bias"):
+        if key in converted and (key not in own or converted[key].shape != own[key].shape):
+            shape = tuple(converted[key].shape)
+            logger.warning("checkpoint head %s %s does not fit this model: keeping the model's own", key, shape)
+            if key in own:
+                converted[key] = own[key]
+            else:
+                del converted[key]
+    return converted

@@ -126,9 +126,15 @@ def _download(address: str, path: Path, expected: str | None, progress: bool) ->
             total = response.headers.get("Content-Length")
             with (
                 open(tmp, "wb") as f,
-                tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=path.name, disable=not progress) as bar,
-            ):  # fmt: skip
+                tqdm(
+                    total=int(total) if total else None,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=path.name,
+                    disable=not progress,
+                ) as bar,
+            ):
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     f.write(chunk)
                     digest.update(chunk)

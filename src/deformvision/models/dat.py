@@ -15,7 +15,6 @@ Unlike the official model, ours runs at any input size (windows are padded and m
 and position biases are computed for the size seen); see :class:`DAT`.
 """
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -29,10 +28,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
-from deformvision.models._dat_official import is_official_dat, rename_official_dat, resize_table
+from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, check_bool, check_int, check_ints, check_rate, register_model
-
-logger = logging.getLogger(__name__)
 
 OFFSET_KERNEL_SIZES = (9, 7, 5, 3)  # depthwise kernel of the offset network, by stage
 
@@ -177,10 +174,19 @@ class DAT(nn.Module):
         img_h, img_w = sides = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         check_ints("img_size", sides, low=8 * patch_size)  # the last stage's map (stride 8 * patch_size): >= 1 pixel
         per_stage = dict(
-            dims=dims, depths=depths, heads=heads, groups=groups, window_sizes=window_sizes,
-            stage_spec=stage_spec, strides=strides, offset_range_factor=offset_range_factor,
-            use_pes=use_pes, dwc_pes=dwc_pes, fixed_pes=fixed_pes, no_offs=no_offs,
-        )  # fmt: skip
+            dims=dims,
+            depths=depths,
+            heads=heads,
+            groups=groups,
+            window_sizes=window_sizes,
+            stage_spec=stage_spec,
+            strides=strides,
+            offset_range_factor=offset_range_factor,
+            use_pes=use_pes,
+            dwc_pes=dwc_pes,
+            fixed_pes=fixed_pes,
+            no_offs=no_offs,
+        )
         for key, value in per_stage.items():
             if len(value) != 4:
                 raise ValueError(f"{key} must have one entry per stage (4), got {list(value)}")
@@ -215,11 +221,20 @@ class DAT(nn.Module):
             for kind in stage_spec[i]:
                 if kind == "D":
                     attn = DeformableAttention(
-                        dims[i], heads[i], groups[i], fmap_size, OFFSET_KERNEL_SIZES[i],
-                        stride=strides[i], offset_range_factor=offset_range_factor[i], use_pe=use_pes[i],
-                        dwc_pe=dwc_pes[i], fixed_pe=fixed_pes[i], no_offset=no_offs[i],
-                        attn_drop=attn_drop_rate, proj_drop=drop_rate,
-                    )  # fmt: skip
+                        dims[i],
+                        heads[i],
+                        groups[i],
+                        fmap_size,
+                        OFFSET_KERNEL_SIZES[i],
+                        stride=strides[i],
+                        offset_range_factor=offset_range_factor[i],
+                        use_pe=use_pes[i],
+                        dwc_pe=dwc_pes[i],
+                        fixed_pe=fixed_pes[i],
+                        no_offset=no_offs[i],
+                        attn_drop=attn_drop_rate,
+                        proj_drop=drop_rate,
+                    )
                 else:
                     shift = math.ceil(window_sizes[i] / 2) if kind == "S" else 0
                     attn = WindowAttention(dims[i], heads[i], window_sizes[i], shift, attn_drop_rate, drop_rate)
@@ -384,38 +399,13 @@ class DAT(nn.Module):
           a ``features_only`` backbone, is dropped and the model keeps its own (fresh) values; a
           backbone's per-output norms missing from a classifier checkpoint keep their fresh values.
         """
-        if is_official_dat(state_dict):
-            window_blocks = {(i, j) for i, stage in enumerate(self.stages) for j, block in enumerate(stage.blocks)
-                             if isinstance(block.attn, WindowAttention)}  # fmt: skip
-            state_dict = rename_official_dat(state_dict, window_blocks)
-        own = self.state_dict()
-        converted = {}
-        for key, value in state_dict.items():
-            if key.endswith("rpe_table") and key in own and value.shape != own[key].shape and value.ndim == 3:
-                value = resize_table(value, own[key].shape[1:])
-            elif key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
-                side, new_side = math.isqrt(value.shape[0]), math.isqrt(own[key].shape[0])
-                table = value.T.reshape(1, -1, side, side)  # 1, heads, 2w-1, 2w-1
-                value = resize_table(table[0], (new_side, new_side)).reshape(-1, new_side**2).T
-            converted[key] = value
-        if self.features_only:
-            for key in [k for k in converted if k.startswith(("head.", "norm."))]:
-                del converted[key]
-            for key, value in own.items():
-                if key.startswith("feature_norms.") and key not in converted:
-                    converted[key] = value
-        for key in ("head.weight", "head.bias"):
-            if key in converted and (key not in own or converted[key].shape != own[key].shape):
-                logger.warning(
-                    "checkpoint head %s %s does not fit this model: keeping the model's own",
-                    key,
-                    tuple(converted[key].shape),
-                )
-                if key in own:
-                    converted[key] = own[key]
-                else:
-                    del converted[key]
-        return converted
+        window_blocks = {
+            (i, j)
+            for i, stage in enumerate(self.stages)
+            for j, block in enumerate(stage.blocks)
+            if isinstance(block.attn, WindowAttention)
+        }
+        return fit_dat_state_dict(state_dict, self.state_dict(), window_blocks, self.features_only)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -320,17 +320,26 @@ class ResNet(nn.Module):
 
 def _tv_cfg(weights: torchvision.models.WeightsEnum) -> dict:
     return {
-        "url": weights.url, "num_classes": 1000, "input_size": (3, 224, 224), "crop_pct": 0.875,
-        "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1", "classifier": "fc", "license": "bsd-3-clause",
+        "url": weights.url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": "bsd-3-clause",
         "origin_url": "https://github.com/pytorch/vision",
-    }  # fmt: skip
+    }
 
 
-default_cfgs = generate_default_cfgs({
-    "resnet50.tv_in1k": _tv_cfg(torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101.tv_in1k": _tv_cfg(torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
-})  # fmt: skip
+default_cfgs = generate_default_cfgs(
+    {
+        "resnet50.tv_in1k": _tv_cfg(torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+        "resnet101.tv_in1k": _tv_cfg(torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+    }
+)
 
 
 @register_model

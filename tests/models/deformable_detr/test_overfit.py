@@ -51,10 +51,16 @@ def ground_truth() -> COCO:
     """The rectangles as a COCO ground truth: image ids 1, 2; category id = label + 1."""
     objects = [(i + 1, *obj) for i, scene in enumerate(SCENES) for obj in scene]
     annotations = [
-        {"id": k + 1, "image_id": image_id, "category_id": label + 1, "iscrowd": 0,
-         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+        {
+            "id": k + 1,
+            "image_id": image_id,
+            "category_id": label + 1,
+            "iscrowd": 0,
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "area": (x1 - x0) * (y1 - y0),
+        }
         for k, (image_id, label, x0, y0, x1, y1) in enumerate(objects)
-    ]  # fmt: skip
+    ]
     coco = COCO()
     coco.dataset = {
         "images": [{"id": i + 1, "height": SIZE, "width": SIZE} for i in range(len(SCENES))],
@@ -68,14 +74,30 @@ def ground_truth() -> COCO:
 
 def tiny_detector() -> DeformableDETR:
     backbone = create_model(
-        "dat_tiny", features_only=True, out_indices=(1, 2, 3), img_size=SIZE, dims=(16, 32, 64, 128),
-        depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), groups=(-1, -1, 2, 4), window_sizes=(4, 4, 4, 2),
-        stage_spec=(("L", "S"), ("L", "S"), ("L", "D"), ("L", "D")), drop_path_rate=0.0,
-    )  # fmt: skip
+        "dat_tiny",
+        features_only=True,
+        out_indices=(1, 2, 3),
+        img_size=SIZE,
+        dims=(16, 32, 64, 128),
+        depths=(2, 2, 2, 2),
+        heads=(1, 2, 4, 8),
+        groups=(-1, -1, 2, 4),
+        window_sizes=(4, 4, 4, 2),
+        stage_spec=(("L", "S"), ("L", "S"), ("L", "D"), ("L", "D")),
+        drop_path_rate=0.0,
+    )
     return DeformableDETR(
-        backbone, len(COLOURS), num_queries=10, num_feature_levels=4, d_model=64, num_heads=4, enc_layers=1,
-        dec_layers=1, dim_feedforward=128, dropout=0.0,
-    )  # fmt: skip
+        backbone,
+        len(COLOURS),
+        num_queries=10,
+        num_feature_levels=4,
+        d_model=64,
+        num_heads=4,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=128,
+        dropout=0.0,
+    )
 
 
 @pytest.fixture

@@ -60,10 +60,13 @@ def test_default_top_100_and_brute_force():
         assert result["scores"].shape == result["labels"].shape == (100,) and result["boxes"].shape == (100, 4)
         assert (result["scores"][:-1] >= result["scores"][1:]).all()
         ranked = sorted(
-            ((torch.sigmoid(outputs["pred_logits"][b, q, c]).item(), q, c)
-             for q in range(num_queries) for c in range(num_classes)),
+            (
+                (torch.sigmoid(outputs["pred_logits"][b, q, c]).item(), q, c)
+                for q in range(num_queries)
+                for c in range(num_classes)
+            ),
             reverse=True,
-        )[:100]  # fmt: skip
+        )[:100]
         assert result["labels"].tolist() == [c for _, _, c in ranked]
         height, width = sizes[b]
         for k, (score, q, _) in enumerate(ranked):

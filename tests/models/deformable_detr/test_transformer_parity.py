@@ -51,13 +51,22 @@ def golden(request, tmp_path_factory) -> tuple[str, dict[str, torch.Tensor], Def
         meta = f.metadata()
     tk, dk = json.loads(meta["DeformableTransformer_kwargs"]), json.loads(meta["DeformableDETR_kwargs"])
     model = DeformableDETR(
-        StandInBackbone(), dk["num_classes"], num_queries=dk["num_queries"],
-        num_feature_levels=dk["num_feature_levels"], with_box_refine=dk["with_box_refine"],
-        two_stage=dk["two_stage"], aux_loss=dk["aux_loss"], d_model=tk["d_model"], num_heads=tk["nhead"],
-        enc_layers=tk["num_encoder_layers"], dec_layers=tk["num_decoder_layers"],
-        dim_feedforward=tk["dim_feedforward"], dropout=tk["dropout"], enc_n_points=tk["enc_n_points"],
+        StandInBackbone(),
+        dk["num_classes"],
+        num_queries=dk["num_queries"],
+        num_feature_levels=dk["num_feature_levels"],
+        with_box_refine=dk["with_box_refine"],
+        two_stage=dk["two_stage"],
+        aux_loss=dk["aux_loss"],
+        d_model=tk["d_model"],
+        num_heads=tk["nhead"],
+        enc_layers=tk["num_encoder_layers"],
+        dec_layers=tk["num_decoder_layers"],
+        dim_feedforward=tk["dim_feedforward"],
+        dropout=tk["dropout"],
+        enc_n_points=tk["enc_n_points"],
         dec_n_points=tk["dec_n_points"],
-    )  # fmt: skip
+    )
     checkpoint = tmp_path_factory.mktemp("ckpt") / f"{request.param}_official.safetensors"
     save_file({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}, checkpoint)
     load_checkpoint(model, checkpoint)  # official names, aliases included

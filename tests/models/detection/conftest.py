@@ -5,9 +5,14 @@ import torch
 
 # A narrow DAT (all block kinds, deformable attention in stages 2-3) that runs on ~100-px images.
 NARROW_DAT = {
-    "img_size": 64, "dims": (16, 32, 64, 128), "depths": (1, 1, 2, 2), "heads": (1, 2, 4, 8),
-    "groups": (-1, -1, 2, 4), "window_sizes": (4, 4, 4, 4), "stage_spec": (("L",), ("S",), ("L", "D"), ("L", "D")),
-}  # fmt: skip
+    "img_size": 64,
+    "dims": (16, 32, 64, 128),
+    "depths": (1, 1, 2, 2),
+    "heads": (1, 2, 4, 8),
+    "groups": (-1, -1, 2, 4),
+    "window_sizes": (4, 4, 4, 4),
+    "stage_spec": (("L",), ("S",), ("L", "D"), ("L", "D")),
+}
 NUM_CLASSES = 5
 # small resizing and few RoIs keep a train step of the 256-channel heads cheap on the CPU; no stochastic
 # depth, which may drop a block's whole branch for the batch and leave its parameters without gradient
@@ -46,9 +51,11 @@ def targets(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     result = []
     for image, image_boxes, image_labels in zip(images, boxes, labels, strict=True):
         height, width = image.shape[1:]
-        result.append({
-            "boxes": torch.tensor(image_boxes),
-            "labels": torch.tensor(image_labels),
-            "masks": torch.stack([box_mask(height, width, b) for b in image_boxes]),
-        })  # fmt: skip
+        result.append(
+            {
+                "boxes": torch.tensor(image_boxes),
+                "labels": torch.tensor(image_labels),
+                "masks": torch.stack([box_mask(height, width, b) for b in image_boxes]),
+            }
+        )
     return result

@@ -91,10 +91,18 @@ def test_output_size_and_errors():
 def test_segmentor_slide_with_one_full_window_equals_whole():
     torch.manual_seed(0)
     model = dv.create_model(
-        "upernet_dat_tiny", num_classes=4, channels=16, aux_channels=8,
-        backbone_kwargs={"dims": (16, 32, 64, 128), "depths": (1, 1, 2, 2), "heads": (1, 2, 4, 8),
-                         "groups": (-1, -1, 2, 4), "stage_spec": (("L",), ("S",), ("L", "D"), ("L", "D"))},
-    ).eval()  # fmt: skip
+        "upernet_dat_tiny",
+        num_classes=4,
+        channels=16,
+        aux_channels=8,
+        backbone_kwargs={
+            "dims": (16, 32, 64, 128),
+            "depths": (1, 1, 2, 2),
+            "heads": (1, 2, 4, 8),
+            "groups": (-1, -1, 2, 4),
+            "stage_spec": (("L",), ("S",), ("L", "D"), ("L", "D")),
+        },
+    ).eval()
     images = torch.randn(2, 3, 72, 100)
     with torch.no_grad():
         whole = whole_inference(model, images)

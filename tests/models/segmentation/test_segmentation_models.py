@@ -11,9 +11,13 @@ from deformvision.models.segmentation import EncoderDecoder, FCNHead, FPNHead, F
 NAMES = [f"{head}_dat_{size}" for head in ("semantic_fpn", "upernet") for size in ("tiny", "small", "base")]
 # Paper (DAT v1, Table 4; quoted by RMT Table 5), millions of parameters with 150 classes.
 PAPER_PARAMS_M = {
-    "semantic_fpn_dat_tiny": 32, "semantic_fpn_dat_small": 53, "semantic_fpn_dat_base": 92,
-    "upernet_dat_tiny": 60, "upernet_dat_small": 81, "upernet_dat_base": 121,
-}  # fmt: skip
+    "semantic_fpn_dat_tiny": 32,
+    "semantic_fpn_dat_small": 53,
+    "semantic_fpn_dat_base": 92,
+    "upernet_dat_tiny": 60,
+    "upernet_dat_small": 81,
+    "upernet_dat_base": 121,
+}
 # Official DAT v1 classifier counts (test_dat.py), their classification head + final norm, stage dims.
 DAT = {
     "tiny": (28_319_138, 768 * 1000 + 1000 + 2 * 768, (96, 192, 384, 768)),
@@ -23,9 +27,12 @@ DAT = {
 
 # A narrow, shallow DAT with every block kind (window, shifted window, deformable) for fast CPU tests.
 NARROW = {
-    "dims": (16, 32, 64, 128), "depths": (1, 1, 2, 2), "heads": (1, 2, 4, 8), "groups": (-1, -1, 2, 4),
+    "dims": (16, 32, 64, 128),
+    "depths": (1, 1, 2, 2),
+    "heads": (1, 2, 4, 8),
+    "groups": (-1, -1, 2, 4),
     "stage_spec": (("L",), ("S",), ("L", "D"), ("L", "D")),
-}  # fmt: skip
+}
 NARROW_HEADS = {
     "semantic_fpn": {"fpn_channels": 32, "head_channels": 16},
     "upernet": {"channels": 32, "aux_channels": 16},
@@ -36,9 +43,12 @@ def narrow(name: str, num_classes: int = 5, **kwargs) -> EncoderDecoder:
     head = name.rsplit("_dat_", 1)[0]
     torch.manual_seed(0)
     return dv.create_model(
-        name, num_classes=num_classes, drop_path_rate=0.0, backbone_kwargs={**NARROW, **kwargs.pop("backbone", {})},
+        name,
+        num_classes=num_classes,
+        drop_path_rate=0.0,
+        backbone_kwargs={**NARROW, **kwargs.pop("backbone", {})},
         **{**NARROW_HEADS[head], **kwargs},
-    )  # fmt: skip
+    )
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -77,9 +87,13 @@ def test_parameter_counts_match_the_paper(name):
     else:
         ppm = 4 * _conv_bn(dims[3], 512, 1)
         uper = (
-            ppm + _conv_bn(dims[3] + 4 * 512, 512, 3) + sum(_conv_bn(d, 512, 1) for d in dims[:3])
-            + 3 * _conv_bn(512, 512, 3) + _conv_bn(4 * 512, 512, 3) + classifier(512)
-        )  # fmt: skip
+            ppm
+            + _conv_bn(dims[3] + 4 * 512, 512, 3)
+            + sum(_conv_bn(d, 512, 1) for d in dims[:3])
+            + 3 * _conv_bn(512, 512, 3)
+            + _conv_bn(4 * 512, 512, 3)
+            + classifier(512)
+        )
         assert n_params(model.decode_head) == uper
         assert n_params(model.aux_head) == _conv_bn(dims[2], 256, 3) + classifier(256)
     assert n_params(model) / 1e6 == pytest.approx(PAPER_PARAMS_M[name], rel=0.025)
@@ -175,8 +189,12 @@ def test_input_errors_name_the_bad_values():
     images = torch.randn(2, 3, 32, 32)
     targets = torch.zeros(2, 32, 32, dtype=torch.long)
     with pytest.raises(ValueError, match=r"class indices in \[0, 5\) or ignore_index 255; found -1, 5, 9"):
-        model(images, targets.index_put((torch.tensor([0, 1, 1]), torch.tensor([0, 3, 4]), torch.tensor([1, 2, 3])),
-                                        torch.tensor([5, 9, -1])))  # fmt: skip
+        model(
+            images,
+            targets.index_put(
+                (torch.tensor([0, 1, 1]), torch.tensor([0, 3, 4]), torch.tensor([1, 2, 3])), torch.tensor([5, 9, -1])
+            ),
+        )
     with pytest.raises(ValueError, match=r"targets must be a \(B, H, W\) = \(2, 32, 32\) tensor .* got \(2, 32, 31\)"):
         model(images, targets[..., :31])
     with pytest.raises(ValueError, match="targets must be an integer .* got dtype torch.float32"):

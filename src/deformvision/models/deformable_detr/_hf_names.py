@@ -122,30 +122,42 @@ def _layer_name(stack: str, match: re.Match, prefixes: dict[str, str]) -> str | 
 _RESNET_RULES: list[Rule] = [
     (r"embedder\.embedder\.convolution\.(.+)", r"conv1.\1"),
     (r"embedder\.embedder\.normalization\.(.+)", r"bn1.\1"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.(.+)",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.(.+)",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.{m[4]}"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.(.+)",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}"),
-]  # fmt: skip
+    (
+        r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.(.+)",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}",
+    ),
+    (
+        r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}",
+    ),
+    (
+        r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.(.+)",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.{m[4]}",
+    ),
+    (
+        r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.(.+)",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}",
+    ),
+]
 
 # Every Hugging Face key except the decoder's q/k/v projections -> its official name (None: no counterpart).
 _KEY_RULES: list[Rule] = [
-    (r"model\.backbone\.(?:conv_encoder\.)?model\.(.+)",
-     lambda m: "backbone.0.body." + (_apply(_RESNET_RULES, m[1]) or m[1])),
+    (
+        r"model\.backbone\.(?:conv_encoder\.)?model\.(.+)",
+        lambda m: "backbone.0.body." + (_apply(_RESNET_RULES, m[1]) or m[1]),
+    ),
     (r"model\.level_embed", "transformer.level_embed"),
-    (r"model\.(reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.(weight|bias)",
-     r"transformer.\1.\2"),
+    (
+        r"model\.(reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.(weight|bias)",
+        r"transformer.\1.\2",
+    ),
     (r"model\.input_proj\.(.+)", r"input_proj.\1"),
     (r"model\.query_position_embeddings\.weight", "query_embed.weight"),
     (r"model\.decoder\.((?:class|bbox)_embed\.\d+\..+)", r"transformer.decoder.\1"),
     (r"(?:class|bbox)_embed\.\d+\..+", r"\g<0>"),
     (r"model\.encoder\.layers\.(\d+)\.(.+)", lambda m: _layer_name("encoder", m, _ENCODER_LAYER)),
     (r"model\.decoder\.layers\.(\d+)\.(.+)", lambda m: _layer_name("decoder", m, _DECODER_LAYER)),
-]  # fmt: skip
+]
 
 
 def _apply(rules: list[Rule], name: str) -> str | None:
@@ -169,8 +181,9 @@ def _complete_heads(converted: dict[str, Tensor]) -> None:
     if box_refine and class_heads == {0} and len(box_heads) > 1:
         logger.info(
             "Hugging Face box-refinement checkpoint with one class head (transformers ties class_embed across "
-            "decoder layers): copying class_embed.0 to all %d decoder layers", len(box_heads),
-        )  # fmt: skip
+            "decoder layers): copying class_embed.0 to all %d decoder layers",
+            len(box_heads),
+        )
         for key in [k for k in converted if k.startswith("class_embed.0.")]:
             for index in sorted(box_heads - {0}):
                 converted[f"class_embed.{index}.{key.removeprefix('class_embed.0.')}"] = converted[key]
@@ -178,11 +191,24 @@ def _complete_heads(converted: dict[str, Tensor]) -> None:
 
 # DeformableDetrConfig defaults, for config.json files that leave a value out.
 _CONFIG_DEFAULTS = {
-    "d_model": 256, "encoder_layers": 6, "decoder_layers": 6, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
-    "encoder_attention_heads": 8, "decoder_attention_heads": 8, "encoder_n_points": 4, "decoder_n_points": 4,
-    "num_queries": 300, "two_stage_num_proposals": 300, "num_feature_levels": 4, "with_box_refine": False,
-    "two_stage": False, "dilation": False, "activation_function": "relu", "position_embedding_type": "sine",
-}  # fmt: skip
+    "d_model": 256,
+    "encoder_layers": 6,
+    "decoder_layers": 6,
+    "encoder_ffn_dim": 1024,
+    "decoder_ffn_dim": 1024,
+    "encoder_attention_heads": 8,
+    "decoder_attention_heads": 8,
+    "encoder_n_points": 4,
+    "decoder_n_points": 4,
+    "num_queries": 300,
+    "two_stage_num_proposals": 300,
+    "num_feature_levels": 4,
+    "with_box_refine": False,
+    "two_stage": False,
+    "dilation": False,
+    "activation_function": "relu",
+    "position_embedding_type": "sine",
+}
 
 
 def huggingface_model_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -202,8 +228,10 @@ def huggingface_model_config(config: dict[str, Any]) -> tuple[str, dict[str, Any
         for key, expected in (("activation_function", "relu"), ("position_embedding_type", "sine"))
         if c[key] != expected
     ]
-    for encoder_key, decoder_key in (("encoder_attention_heads", "decoder_attention_heads"),
-                                     ("encoder_ffn_dim", "decoder_ffn_dim")):  # fmt: skip
+    for encoder_key, decoder_key in (
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+    ):
         if c[encoder_key] != c[decoder_key]:
             problems.append(f"{encoder_key} {c[encoder_key]} != {decoder_key} {c[decoder_key]} (ours: one value)")
     if c["two_stage"] and c["two_stage_num_proposals"] != c["num_queries"]:
@@ -221,11 +249,16 @@ def huggingface_model_config(config: dict[str, Any]) -> tuple[str, dict[str, Any
     else:
         name = "deformable_detr_r50"
     kwargs = {
-        "num_queries": c["num_queries"], "num_feature_levels": c["num_feature_levels"], "d_model": c["d_model"],
-        "num_heads": c["encoder_attention_heads"], "enc_layers": c["encoder_layers"], "dec_layers": c["decoder_layers"],
-        "dim_feedforward": c["encoder_ffn_dim"], "enc_n_points": c["encoder_n_points"],
+        "num_queries": c["num_queries"],
+        "num_feature_levels": c["num_feature_levels"],
+        "d_model": c["d_model"],
+        "num_heads": c["encoder_attention_heads"],
+        "enc_layers": c["encoder_layers"],
+        "dec_layers": c["decoder_layers"],
+        "dim_feedforward": c["encoder_ffn_dim"],
+        "enc_n_points": c["encoder_n_points"],
         "dec_n_points": c["decoder_n_points"],
-    }  # fmt: skip
+    }
     labels = config.get("id2label") or {}
     num_classes = len(labels) if labels else config.get("num_labels")
     if num_classes:

@@ -160,9 +160,19 @@ class DeformableDETR(nn.Module):
         self.two_stage = two_stage
         self.aux_loss = aux_loss
         self.transformer = DeformableTransformer(
-            d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout, num_feature_levels,
-            enc_n_points, dec_n_points, box_refine=with_box_refine, two_stage=two_stage, num_proposals=num_queries,
-        )  # fmt: skip
+            d_model,
+            num_heads,
+            enc_layers,
+            dec_layers,
+            dim_feedforward,
+            dropout,
+            num_feature_levels,
+            enc_n_points,
+            dec_n_points,
+            box_refine=with_box_refine,
+            two_stage=two_stage,
+            num_proposals=num_queries,
+        )
         projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
         in_channels = channels[-1]
         for _ in range(num_feature_levels - len(channels)):
@@ -215,10 +225,13 @@ class DeformableDETR(nn.Module):
     ) -> TransformerOutput:
         """The transformer on projected levels (``srcs``, ``masks``, positional encodings ``pos`` per level)."""
         return self.transformer(
-            srcs, masks, pos, self._layer_heads(self.bbox_embed),
+            srcs,
+            masks,
+            pos,
+            self._layer_heads(self.bbox_embed),
             query_embed=None if self.two_stage else self.query_embed.weight,
             proposal_heads=(self.class_embed[-1], self.bbox_embed[-1]) if self.two_stage else None,
-        )  # fmt: skip
+        )
 
     def predict(self, t: TransformerOutput) -> dict:
         """The output dict (see the class docstring) from the transformer's output."""
@@ -321,9 +334,12 @@ class DeformableDETR(nn.Module):
             if key.startswith(("class_embed.", "bbox_embed.")) and not self.with_box_refine:
                 head, index, name = key.split(".", 2)
                 _check_copy(
-                    rest, key, f"{head}.0.{name}", "a per-layer copy of the shared head",
+                    rest,
+                    key,
+                    f"{head}.0.{name}",
+                    "a per-layer copy of the shared head",
                     hint=" (a box-refinement checkpoint? build the model with with_box_refine=True)",
-                )  # fmt: skip
+                )
                 if index != "0":
                     continue
             converted[key] = value
@@ -336,8 +352,10 @@ class DeformableDETR(nn.Module):
             logger.warning(
                 "checkpoint class heads have %d classes, this model %d: keeping the model's own class_embed.* "
                 "(%d tensors)",
-                state_dict[resized[0]].shape[0], self.num_classes, len(resized),
-            )  # fmt: skip
+                state_dict[resized[0]].shape[0],
+                self.num_classes,
+                len(resized),
+            )
         return converted
 
 

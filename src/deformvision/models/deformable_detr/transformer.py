@@ -145,9 +145,14 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
-        level_start_index: Tensor, padding_mask: Tensor,
-    ) -> Tensor:  # fmt: skip
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        padding_mask: Tensor,
+    ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
@@ -162,9 +167,15 @@ class DeformableEncoder(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(
-        self, src: Tensor, pos: Tensor, shapes: Shapes, spatial_shapes: Tensor, level_start_index: Tensor,
-        ratios: Tensor, padding_mask: Tensor,
-    ) -> Tensor:  # fmt: skip
+        self,
+        src: Tensor,
+        pos: Tensor,
+        shapes: Shapes,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        ratios: Tensor,
+        padding_mask: Tensor,
+    ) -> Tensor:
         """``src``, ``pos``: ``(B, S, d)``; ``ratios``: ``(B, L, 2)``; ``padding_mask``: ``(B, S)`` -> ``(B, S, d)``."""
         reference_points = encoder_reference_points(shapes, ratios)  # B, S, L, 2
         for layer in self.layers:
@@ -197,9 +208,15 @@ class DeformableDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(
-        self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Tensor,
-        level_start_index: Tensor, padding_mask: Tensor,
-    ) -> Tensor:  # fmt: skip
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        padding_mask: Tensor,
+    ) -> Tensor:
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, q, tgt, need_weights=False)[0]))
         attn = self.cross_attn(
@@ -230,9 +247,17 @@ class DeformableDecoder(nn.Module):
         self.box_refine = box_refine
 
     def forward(
-        self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor, spatial_shapes: Tensor,
-        level_start_index: Tensor, ratios: Tensor, padding_mask: Tensor, box_heads: Sequence[nn.Module],
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        ratios: Tensor,
+        padding_mask: Tensor,
+        box_heads: Sequence[nn.Module],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Run all layers.
 
         Args:
@@ -450,10 +475,24 @@ class DeformableTransformer(nn.Module):
             tgt = tgt[None].expand(src.shape[0], -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()  # B, Q, 2
         hs, references, boxes = self.decoder(
-            tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, ratios, padding_mask,
+            tgt,
+            query_pos,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            ratios,
+            padding_mask,
             box_heads,
-        )  # fmt: skip
+        )
         return TransformerOutput(
-            hs=hs, boxes=boxes, init_reference=reference_points, references=references, memory=memory, tgt=tgt,
-            query_pos=query_pos, padding_mask=padding_mask, **extra,
-        )  # fmt: skip
+            hs=hs,
+            boxes=boxes,
+            init_reference=reference_points,
+            references=references,
+            memory=memory,
+            tgt=tgt,
+            query_pos=query_pos,
+            padding_mask=padding_mask,
+            **extra,
+        )

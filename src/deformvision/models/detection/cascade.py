@@ -336,11 +336,16 @@ class CascadeMaskRCNN(GeneralizedRCNN):
         channels = backbone.out_channels
         anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
         rpn = RegionProposalNetwork(
-            anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
-            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+            anchors,
+            RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
             pre_nms_top_n=dict(training=2000, testing=1000),
-            post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test), nms_thresh=0.7,
-        )  # fmt: skip
+            post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+            nms_thresh=0.7,
+        )
         names = ["0", "1", "2", "3"]
         roi_heads = CascadeRoIHeads(
             num_classes,

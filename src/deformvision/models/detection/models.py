@@ -128,9 +128,13 @@ class DATRetinaNet(ZeroBasedLabels, RetinaNet):
     label_offset = 0
 
     def __init__(
-        self, backbone: DATFPN, num_classes: int = 80, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
+        self,
+        backbone: DATFPN,
+        num_classes: int = 80,
+        min_size: int | tuple[int, ...] = 800,
+        max_size: int = 1333,
         **kwargs: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         check_int("num_classes", num_classes)
         _check_torchvision_kwargs("DATRetinaNet", (RetinaNet,), kwargs)
         # per level (stride s): sizes 4 s 2^(i/3), i = 0, 1, 2; ratios h/w 0.5, 1, 2 -> 9 anchors per location
@@ -156,10 +160,16 @@ class DATMaskRCNN(ZeroBasedLabels, MaskRCNN):
     """
 
     def __init__(
-        self, backbone: DATFPN, num_classes: int = 80, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
-        anchor_sizes: tuple[int, ...] | None = None, representation_size: int | None = None,
-        mask_channels: int | None = None, **kwargs: Any,
-    ) -> None:  # fmt: skip
+        self,
+        backbone: DATFPN,
+        num_classes: int = 80,
+        min_size: int | tuple[int, ...] = 800,
+        max_size: int = 1333,
+        anchor_sizes: tuple[int, ...] | None = None,
+        representation_size: int | None = None,
+        mask_channels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         check_int("num_classes", num_classes)
         _check_torchvision_kwargs("DATMaskRCNN", (MaskRCNN, FasterRCNN), kwargs)
         kwargs = {
@@ -202,10 +212,15 @@ class DATCascadeMaskRCNN(ZeroBasedLabels, CascadeMaskRCNN):
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        "num_classes": 80, "input_size": (3, 800, 1333), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "license": "apache-2.0", "paper_ids": "arXiv:2201.00520",
-        "paper_name": "Vision Transformer with Deformable Attention", **kwargs,
-    }  # fmt: skip
+        "num_classes": 80,
+        "input_size": (3, 800, 1333),
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2201.00520",
+        "paper_name": "Vision Transformer with Deformable Attention",
+        **kwargs,
+    }
 
 
 default_cfgs = generate_default_cfgs(

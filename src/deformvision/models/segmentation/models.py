@@ -64,11 +64,17 @@ _RESERVED_BACKBONE_KWARGS = ("pretrained", "features_only", "out_indices", "drop
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        "num_classes": 150, "input_size": (3, 512, 512), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "interpolation": "bilinear", "license": "apache-2.0", "paper_ids": "arXiv:2201.00520",
-        "paper_name": "Vision Transformer with Deformable Attention", "origin_url": "https://github.com/LeapLabTHU/DAT",
+        "num_classes": 150,
+        "input_size": (3, 512, 512),
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "interpolation": "bilinear",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2201.00520",
+        "paper_name": "Vision Transformer with Deformable Attention",
+        "origin_url": "https://github.com/LeapLabTHU/DAT",
         **kwargs,
-    }  # fmt: skip
+    }
 
 
 # No published segmentation weights: cfgs without URLs, so that model.pretrained_cfg describes the inputs.
@@ -96,9 +102,12 @@ def dat_backbone(
     if reserved:
         raise ValueError(f"backbone_kwargs must not set {reserved}: use the model's own arguments (or they are fixed)")
     return _BACKBONES[size](
-        pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3), drop_path_rate=drop_path_rate,
+        pretrained=pretrained,
+        features_only=True,
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=drop_path_rate,
         **backbone_kwargs,
-    )  # fmt: skip
+    )
 
 
 def semantic_fpn(
@@ -167,8 +176,16 @@ def semantic_fpn_dat_tiny(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Semantic FPN on DAT-T: 31.9M parameters (paper: 32M, 42.6 mIoU on ADE20K val, 80k iterations)."""
-    return _create("semantic_fpn_dat_tiny", semantic_fpn, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "semantic_fpn_dat_tiny",
+        semantic_fpn,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 @register_model
@@ -181,8 +198,16 @@ def semantic_fpn_dat_small(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Semantic FPN on DAT-S: 53.3M parameters (paper: 53M, 46.1 mIoU)."""
-    return _create("semantic_fpn_dat_small", semantic_fpn, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "semantic_fpn_dat_small",
+        semantic_fpn,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 @register_model
@@ -195,8 +220,16 @@ def semantic_fpn_dat_base(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Semantic FPN on DAT-B: 91.4M parameters (paper: 92M, 47.0 mIoU)."""
-    return _create("semantic_fpn_dat_base", semantic_fpn, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "semantic_fpn_dat_base",
+        semantic_fpn,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 @register_model
@@ -209,8 +242,16 @@ def upernet_dat_tiny(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """UperNet on DAT-T with the auxiliary FCN head: 60.0M parameters (paper: 60M, 45.5 mIoU, 160k iterations)."""
-    return _create("upernet_dat_tiny", upernet, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "upernet_dat_tiny",
+        upernet,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 @register_model
@@ -223,8 +264,16 @@ def upernet_dat_small(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """UperNet on DAT-S: 81.3M parameters (paper: 81M, 48.3 mIoU)."""
-    return _create("upernet_dat_small", upernet, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "upernet_dat_small",
+        upernet,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )
 
 
 @register_model
@@ -237,5 +286,13 @@ def upernet_dat_base(
     **kwargs: Any,
 ) -> EncoderDecoder:
     """UperNet on DAT-B: 121.4M parameters (paper: 121M, 49.4 mIoU)."""
-    return _create("upernet_dat_base", upernet, pretrained, pretrained_backbone, drop_path_rate,
-                   backbone_kwargs, num_classes=num_classes, **kwargs)  # fmt: skip
+    return _create(
+        "upernet_dat_base",
+        upernet,
+        pretrained,
+        pretrained_backbone,
+        drop_path_rate,
+        backbone_kwargs,
+        num_classes=num_classes,
+        **kwargs,
+    )

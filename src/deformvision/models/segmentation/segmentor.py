@@ -103,9 +103,10 @@ class EncoderDecoder(nn.Module):
             raise ValueError(f"aux_weight must be a finite number >= 0, got {aux_weight}")
         check_bool("avg_non_ignore", avg_non_ignore)
         self.register_buffer(
-            "class_weight", torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None,
+            "class_weight",
+            torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None,
             persistent=False,
-        )  # fmt: skip
+        )
         self.backbone = backbone
         self.neck = neck
         self.decode_head = decode_head
