@@ -32,7 +32,7 @@ def test_values_and_gradients_match_timm_mlp_float64(bias):
     y_ref = mlp(x_ref)
     grads_ref = torch.autograd.grad(y_ref, [x_ref, *params], grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 

@@ -31,7 +31,7 @@ def test_gradients_equal_those_of_the_plain_mlp(monkeypatch):
     monkeypatch.setattr(Block, "_mlp", lambda self, x: self.mlp(x))  # plain autograd through timm's Mlp
     plain = _gradients(model, x)
     assert len(fused) == len(plain)
-    for g, g_ref in zip(fused, plain):
+    for g, g_ref in zip(fused, plain, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
 
 
