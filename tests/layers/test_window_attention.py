@@ -94,3 +94,19 @@ def test_rejects_bad_arguments():
         WindowAttention(dim=10, num_heads=3, window_size=7)
     with pytest.raises(ValueError, match="shift_size"):
         WindowAttention(dim=8, num_heads=2, window_size=4, shift_size=4)
+
+
+@pytest.mark.parametrize("window, shift, size", [(3, 0, (6, 9)), (3, 2, (7, 8))])
+def test_training_path_values_and_gradients_match_naive_definition(window, shift, size):
+    """With a gradient flowing into the bias table the explicit softmax runs instead of SDPA: same numbers."""
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=8, num_heads=2, window_size=window, shift_size=shift).double().train()
+    x = torch.randn(2, *size, 8, dtype=torch.float64)
+    params = list(attn.parameters())
+    out = attn(x)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    ref = naive_window_attention(attn, x)
+    grads_ref = torch.autograd.grad(ref.square().sum(), params)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-10)

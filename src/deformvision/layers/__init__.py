@@ -6,6 +6,7 @@ what is here is what timm and torchvision do not have.
 
 from deformvision.layers.deform_conv import DeformConv2d, DeformConv2dPack
 from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints, reference_points
+from deformvision.layers.gelu_mlp import linear_gelu_linear
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
 from deformvision.layers.window_attention import WindowAttention
@@ -19,6 +20,7 @@ __all__ = [
     "SamplingPoints",
     "WindowAttention",
     "directional_offset_bias",
+    "linear_gelu_linear",
     "mask_to_level",
     "reference_points",
 ]

@@ -27,7 +27,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention
+from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention, linear_gelu_linear
 from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, check_bool, check_int, check_ints, check_rate, register_model
 
@@ -75,7 +75,15 @@ class Block(nn.Module):
         if isinstance(y, tuple):  # deformable attention also returns its sampling points
             y, points = y
         x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x))), points
+        return x + self.drop_path(self._mlp(self.norm2(x))), points
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.mlp(x)``; when training without dropout, recomputing the GELU in backward (less memory)."""
+        mlp = self.mlp
+        dropout = self.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)
+        if not torch.is_grad_enabled() or dropout or torch.is_autocast_enabled(x.device.type):
+            return mlp(x)
+        return linear_gelu_linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
 
 
 class Stage(nn.Module):

@@ -1,0 +1,45 @@
+"""DAT's training forward keeps less for backward (GELU recomputed in the MLP) without changing gradients."""
+
+import torch
+
+from deformvision.models.dat import DAT, Block
+
+
+def _tiny_dat() -> DAT:
+    torch.manual_seed(0)
+    return DAT(
+        img_size=64,
+        dims=[16, 32, 64, 64],
+        depths=[1, 1, 2, 1],
+        heads=[1, 2, 4, 4],
+        groups=[1, 1, 2, 2],
+        stage_spec=[["L"], ["S"], ["L", "D"], ["D"]],
+        window_sizes=[4, 2, 2, 2],
+    ).double()
+
+
+def _gradients(model: DAT, x: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(x).square().sum().backward()
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_gradients_equal_those_of_the_plain_mlp(monkeypatch):
+    model = _tiny_dat().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    fused = _gradients(model, x)
+    monkeypatch.setattr(Block, "_mlp", lambda self, x: self.mlp(x))  # plain autograd through timm's Mlp
+    plain = _gradients(model, x)
+    assert len(fused) == len(plain)
+    for g, g_ref in zip(fused, plain, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_dropout_takes_the_plain_path():
+    torch.manual_seed(0)
+    block = Block(8, torch.nn.Identity(), mlp_ratio=4, drop=0.5, drop_path=0.0).train()
+    x = torch.randn(1, 2, 2, 8)
+    torch.manual_seed(1)
+    y = block.mlp(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(block._mlp(x), y)  # same dropout draws: the module itself ran
