@@ -8,13 +8,15 @@ small CPU). ``deformvision --compile`` uses Inductor; its output was checked aga
 
 import pytest
 import torch
-from engine_utils import CONFIGS, TINY_DAT
+from engine_utils import CONFIGS, TINY_DAT, tiny_config
 
 import deformvision as dv
 from deformvision.cli import main
-from deformvision.engine import ConfigError, load_config
+from deformvision.engine import ConfigError, Trainer, load_config
 from deformvision.engine.builders import compile_model
+from deformvision.engine.config import config_from_dict
 from deformvision.models.deformable_detr import DeformableDETR
+from deformvision.predict import load_predictor
 
 # TINY_DAT with one block per stage (window, shifted window, deformable, deformable): tracing time grows with blocks
 ONE_BLOCK_DAT = {**TINY_DAT, "depths": [1, 1, 1, 1], "stage_spec": [["L"], ["S"], ["D"], ["D"]]}
@@ -97,3 +99,18 @@ def test_compile_flag_sets_the_key(command, capsys):
     assert "\ncompile: default\n" in capsys.readouterr().out
     assert main([command, str(CONFIGS / "dat_digits.yaml"), "--print-config"]) == 0
     assert "\ncompile: none\n" in capsys.readouterr().out
+
+
+def test_trainer_compiles_its_training_and_evaluation_models(image_folder, tmp_path):
+    raw = {**tiny_config(image_folder, tmp_path / "run"), "compile": "default"}
+    trainer = Trainer(config_from_dict(raw))  # builds, compiles nothing yet
+    assert trainer.ddp_model._orig_mod is trainer.model and trainer.eval_model._orig_mod is trainer.model
+    eager = Trainer(config_from_dict({**raw, "compile": "none", "output_dir": str(tmp_path / "eager")}))
+    assert eager.ddp_model is eager.model and eager.eval_model is eager.model
+
+
+def test_predictor_compiles_when_the_config_says():
+    config, classes = CONFIGS / "dat_digits.yaml", "data.num_classes=10"
+    compiled = load_predictor(config=config, overrides=["compile=default", classes], device="cpu")
+    assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule) and not compiled.model.training
+    assert not isinstance(load_predictor(config=config, overrides=[classes], device="cpu").model, type(compiled.model))
