@@ -1,8 +1,7 @@
 """``deformvision bench``: the tables print with their columns on tiny sizes, bad arguments exit 2 with a clear
 message, the benchmark scripts run the same code, and the memory measurement sees a known allocation."""
 
-import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -15,6 +14,14 @@ from deformvision.cli import main
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEFORM_CONV = ["--batch", "1", "--channels", "4", "--out-channels", "4", "--size", "8", "--repeats", "1"]
 COLUMNS = ["pass", "mask", "deformvision ms", "torchvision ms", "speed-up", "ours peak MB", "tv peak MB"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """``--threads`` (and the script's default of 1) set the thread count process-wide: undo it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def table_rows(text: str) -> tuple[str, list[list[str]]]:
@@ -81,15 +88,15 @@ def test_bench_detr_without_transformers_names_the_dependency(monkeypatch, capsy
     assert "bench detr needs transformers" in capsys.readouterr().err
 
 
-def test_script_is_a_wrapper_of_the_command():
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+def test_script_is_a_wrapper_of_the_command(monkeypatch, capsys):
     script = REPO / "benchmarks" / "bench_deform_conv.py"
-    result = subprocess.run(
-        [sys.executable, str(script), *TINY_DEFORM_CONV, "--no-memory"], capture_output=True, text=True, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert "1 thread(s)" in result.stdout  # the script's default, on the command's code
-    assert len(table_rows(result.stdout)[1]) == 6
+    monkeypatch.setattr(sys, "argv", [str(script), *TINY_DEFORM_CONV, "--no-memory"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "1 thread(s)" in out  # the script's default, on the command's code
+    assert len(table_rows(out)[1]) == 6
 
 
 def test_peak_memory_sees_a_known_allocation():
