@@ -4,7 +4,8 @@ the official code.
 Each row is measured in a fresh process (so rows do not share a memory peak): the median time over
 ``repeats`` runs after a warm-up, and the peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
 process's peak resident memory above what it held before the first run). With ``compile`` our model also
-runs through ``torch.compile`` (Inductor); its first call, which compiles, is reported on its own.
+runs through ``torch.compile`` (Inductor); its first call, which compiles, is reported on its own (its CPU
+peak memory, a process peak, includes the compilation).
 
 The official implementation (LeapLabTHU/DAT, v1 at 566a593) is not part of deformvision: ``official_repo``
 points at a checkout of it, timed with the same configuration.
