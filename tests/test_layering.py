@@ -19,7 +19,7 @@ LAYERS = [
     ["models"],  # model families, registry, checkpoint reading and name maps
     ["__init__", "data", "analysis", "viz", "convert"],  # the package's API; beside each other, above models
     ["engine"],  # training and evaluation
-    ["predict"],  # inference on image files
+    ["predict", "bench"],  # inference on image files; the side-by-side benchmarks
     ["demo"],  # the built-in end-to-end demos
     ["cli"],  # the `deformvision` command
 ]

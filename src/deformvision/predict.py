@@ -29,6 +29,7 @@ from deformvision.convert.checkpoint import head_num_classes
 from deformvision.data import ADE20K_CLASSES, DIGITS_SEMANTIC_CLASSES, IMG_EXTENSIONS
 from deformvision.data._image import is_image_file, load_rgb
 from deformvision.engine import TrainConfig, build_model, build_transforms, load_config
+from deformvision.engine.builders import compile_model
 from deformvision.engine.coco_eval import masks_to_rle
 from deformvision.engine.distributed import resolve_device
 from deformvision.engine.run_dir import RUN_CONFIG, run_weights
@@ -263,7 +264,8 @@ def load_predictor(
     elif weights is not None:
         load_checkpoint(net, weights)
     target = resolve_device(device)
-    return Predictor(net.eval().to(target), train_config, class_names, target, weights)
+    net = compile_model(net.eval().to(target), train_config.compile)  # eager unless the config's compile says
+    return Predictor(net, train_config, class_names, target, weights)
 
 
 def _model_config(

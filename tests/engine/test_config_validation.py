@@ -129,6 +129,7 @@ ALLOWED = {
     "deterministic": BOOL,
     "threads": optional(AT_LEAST_1),
     "amp": lambda v: v in ("none", "auto", "bf16", "fp16"),
+    "compile": lambda v: v in ("none", "default", "reduce-overhead", "max-autotune"),
     "eval_every": AT_LEAST_1,
     "resume": optional(TEXT),
     "overwrite": BOOL,

@@ -3,7 +3,7 @@
 Each subcommand has an ``_add_<name>_parser(subparsers)`` function that declares its arguments and
 sets ``func``, the function running it: ``func(args) -> exit code``; they live in
 :mod:`~deformvision.cli.training` (train, eval), :mod:`~deformvision.cli.inference` (predict, demo) and
-:mod:`~deformvision.cli.tools` (flops, convert, recipes).
+:mod:`~deformvision.cli.tools` (flops, convert, recipes) and :mod:`~deformvision.cli.bench` (bench).
 
 Subcommands:
     flops   parameters and multiply-adds of registered models at a given input size.
@@ -15,6 +15,7 @@ Subcommands:
     demo    train a small DAT model on a built-in digits set on the CPU, evaluate, draw it.
     analyze attention collapse of models on images (JSON, plot), an HTML report.
     viz     where deformable attention looks: DAT points and top keys, Deformable DETR sampling by level.
+    bench   side-by-side speed and memory tables (DAT, msda, deform-conv, Deformable DETR) on this machine.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 from deformvision import __version__
 from deformvision.cli.analysis import _add_analyze_parser, _add_viz_parser
+from deformvision.cli.bench import _add_bench_parser
 from deformvision.cli.inference import _add_demo_parser, _add_predict_parser
 from deformvision.cli.tools import _add_convert_parser, _add_flops_parser, _add_recipes_parser
 from deformvision.cli.training import _add_eval_parser, _add_train_parser
@@ -49,4 +51,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subparsers)
     _add_analyze_parser(subparsers)
     _add_viz_parser(subparsers)
+    _add_bench_parser(subparsers)
     return parser

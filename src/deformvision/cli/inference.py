@@ -77,6 +77,11 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)"
     )
     parser.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (compile=default; other modes: --set compile=MODE)",
+    )
     parser.set_defaults(func=_run_predict)
 
 
@@ -84,6 +89,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.img_size is not None:
         overrides += [f"aug.val_size={args.img_size}", f"data.img_size={args.img_size}"]
+    if args.compile:
+        overrides.append("compile=default")
     try:
         config = config_file(args.config) if args.config is not None else None
         predictor = load_predictor(

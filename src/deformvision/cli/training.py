@@ -20,7 +20,7 @@ configuration:
   CONFIG is a recipe name (`deformvision recipes` lists them) or a YAML file path. Every option of
   the run lives in the YAML config (see deformvision.engine.config):
   sections model, data, aug, loss, optim, schedule, ema, checkpoint, log, and top-level keys
-  output_dir, seed, device, deterministic, threads, amp, eval_every, resume. Override any of
+  output_dir, seed, device, deterministic, threads, amp, compile, eval_every, resume. Override any of
   them with --set SECTION.KEY=VALUE (values are YAML: 1e-3, [96,128], null, true); the shortcut
   flags (--epochs, --lr, ...) win over --set, which wins over the file. An unknown key is an
   error listing the valid ones.
@@ -42,6 +42,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (device)")
     parser.add_argument("--workers", type=int, metavar="N", help="data loading processes (data.num_workers)")
     parser.add_argument("--amp", choices=("none", "auto", "bf16", "fp16"), help="mixed precision (amp)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (compile=default; other modes: --set compile=MODE)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log.progress=false)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
@@ -72,6 +77,8 @@ def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     ]
     if getattr(args, "deterministic", False):
         overrides.append("deterministic=true")
+    if args.compile:
+        overrides.append("compile=default")
     if getattr(args, "overwrite", False):
         overrides.append("overwrite=true")
     if args.no_progress:

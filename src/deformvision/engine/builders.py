@@ -235,6 +235,15 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` itself when ``mode`` is ``"none"`` (eager), else ``torch.compile(model, mode=mode)``.
+
+    The compiled module shares ``model``'s parameters and buffers; compilation happens at its first call
+    (and again for a new input shape or train/eval mode).
+    """
+    return model if mode == "none" else torch.compile(model, mode=mode)
+
+
 def build_task(config: TrainConfig, data: DataBundle, model: nn.Module) -> Task:
     """The loss and evaluation of ``config.data.task``.
 

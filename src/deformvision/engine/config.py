@@ -79,6 +79,7 @@ _NON_NEGATIVE = Rule(low=0)
 _COUNT = Rule(low=1)  # an int where 0 is meaningless (also sizes in pixels)
 _PROBABILITY = Rule(0, 1)
 _TEXT = Rule(pattern=r"(?s).*\S.*", meaning="a non-empty string")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # the `compile` key: torch.compile modes
 _DEVICE = Rule(pattern=r"auto|cpu|mps|cuda(:\d+)?", meaning="auto, cpu, cuda, cuda:N or mps")
 
 
@@ -262,6 +263,7 @@ class TrainConfig:
     deterministic: bool = False
     threads: int | None = _key(None, _COUNT)  # CPU threads per process for intra-op parallelism (default: torch's)
     amp: str = _key("none", Rule(choices=("none", "auto", "bf16", "fp16")))  # auto: bf16 on CUDA; fp16: CUDA only
+    compile: str = _key("none", Rule(choices=COMPILE_MODES))  # torch.compile mode of the model (none: eager)
     eval_every: int = _key(1, _COUNT)  # epochs (the last epoch is always evaluated)
     resume: str | None = _key(None, _TEXT)  # a run directory, its last_checkpoint.json, or "auto" (output_dir if any)
     overwrite: bool = False  # replace an earlier run in output_dir (without it, and without resume, refused)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deformvision.engine.amp import autocast, grad_scaler, resolve_amp
 from deformvision.engine.budget import Budget
-from deformvision.engine.builders import build_data, build_loader, build_model, build_task
+from deformvision.engine.builders import build_data, build_loader, build_model, build_task, compile_model
 from deformvision.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -102,6 +102,8 @@ class Trainer:
         if self.dist.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ddp_model = compile_model(self.ddp_model, config.compile)  # the training steps
+        self.eval_model = compile_model(self.model, config.compile)  # evaluation of the (non-EMA) model
 
         batch_size, world_size = config.data.batch_size, self.dist.world_size
         self.global_batch = batch_size * world_size
@@ -181,7 +183,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of the model (and ``ema_*`` of the EMA weights) on the validation set."""
-        metrics = self.task.evaluate(self.model, self.val_loader, self.device, self.autocast)
+        metrics = self.task.evaluate(self.eval_model, self.val_loader, self.device, self.autocast)
         if self.ema is not None:
             ema_metrics = self.task.evaluate(self.ema.module, self.val_loader, self.device, self.autocast)
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
@@ -389,4 +391,6 @@ def evaluate(config: TrainConfig, weights: str | Path | None = None) -> dict[str
         train=False,
         device=dist_info.device,
     )
-    return task.evaluate(model, loader, dist_info.device, lambda: autocast(dist_info.device, amp))
+    return task.evaluate(
+        compile_model(model, config.compile), loader, dist_info.device, lambda: autocast(dist_info.device, amp)
+    )
