@@ -132,6 +132,7 @@ def _grad_value(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, int]], va
     deterministic). With few taps per table row (the decoder: few queries over large maps) the taps are
     sorted by row (:func:`_grad_value_by_row`); with many (the encoder) that sort would dominate, and only
     the points are sorted, by their corner (0, 0) (:func:`_grad_value_by_first_corner`).
+    Both gather with ``index_select``: for 1-d indices on CPU it is about 3x faster than ``tensor[index]``.
     """
     N, S, M, D = value_shape
     table_rows = N * sum((h + 2) * (w + 2) for h, w in shapes) * M
@@ -150,18 +151,18 @@ def _grad_value_by_row(taps: _Taps, grad_out: Tensor, shapes: list[tuple[int, in
     taps_per_query = taps.rows[0].numel()
     rows = taps.rows.view(-1)  # (B*4K,)
     order = torch.argsort(rows, stable=True)  # (B*4K,) taps grouped by row, in query order
-    used_rows, counts = torch.unique_consecutive(rows[order], return_counts=True)  # (R,) each
+    used_rows, counts = torch.unique_consecutive(rows.index_select(0, order), return_counts=True)  # (R,) each
     sums = F.embedding_bag(
         order // taps_per_query,  # the query row b = (n, q, m) of each sorted tap
         grad_out,
         counts.cumsum(0) - counts,  # where each used row's taps start in `order`
         mode="sum",
-        per_sample_weights=taps.tap_weights.view(-1)[order],
+        per_sample_weights=taps.tap_weights.view(-1).index_select(0, order),
     )  # (R, D)
 
     # value row + 1 of every row of the padded table, 0 on the zero border (the padding of an arange)
     value_row_plus_one = _pad_levels(torch.arange(1, N * S * M + 1).view(N, S, M, 1), shapes).view(-1)  # (N*S'*M,)
-    value_rows = value_row_plus_one[used_rows.long()] - 1  # (R,), -1 for border rows
+    value_rows = value_row_plus_one.index_select(0, used_rows) - 1  # (R,), -1 for border rows
     interior = value_rows >= 0
     value_rows = value_rows[interior]  # (R',)
     grad_value = grad_out.new_zeros(N * S * M, D)
@@ -187,7 +188,7 @@ def _grad_value_by_first_corner(
     grad_value = grad_out.new_empty(N, S, M, D)
     grad_levels = grad_value.split([h * w for h, w in shapes], dim=1)
     for cy, cx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        weights = taps.tap_weights[:, cy, cx].reshape(-1)[order]  # (B*K,)
+        weights = taps.tap_weights[:, cy, cx].reshape(-1).index_select(0, order)  # (B*K,)
         sums = F.embedding_bag(queries, grad_out, starts, mode="sum", per_sample_weights=weights)  # (N*S'*M, D)
         padded_levels = sums.view(N, -1, M, D).split([(h + 2) * (w + 2) for h, w in shapes], dim=1)
         for (h, w), grad_level, padded in zip(shapes, grad_levels, padded_levels, strict=True):
