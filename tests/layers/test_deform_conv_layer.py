@@ -145,18 +145,24 @@ def test_deformable_conv2d_scripts():
     torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
 
 
+def _count_error(bad: object) -> type[Exception]:
+    """A channel or group count that is not an int (a float, a bool, a string, None) is a TypeError; an int
+    out of range or not dividing the channels is a ValueError."""
+    return ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+
+
 LAYER_INVALID = [
-    *[("in_channels", bad, ValueError) for bad in (0, -4, 4.0, True, "4", None)],
-    *[("out_channels", bad, ValueError) for bad in (0, -6, 6.0, None)],
+    *[("in_channels", bad, _count_error(bad)) for bad in (0, -4, 4.0, True, "4", None)],
+    *[("out_channels", bad, _count_error(bad)) for bad in (0, -6, 6.0, None)],
     *[("kernel_size", bad, ValueError) for bad in (0, (3, 0), 1.5, (3, 3, 3), "3")],
     *[("stride", bad, ValueError) for bad in (0, 1.5, (1, 0), True)],
     *[("padding", bad, ValueError) for bad in (-1, (0, -1), 0.5)],
     *[("dilation", bad, ValueError) for bad in (0, (1, -1), 2.0)],
-    *[("groups", bad, ValueError) for bad in (0, -1, 1.0, 3)],  # 3 divides neither 4 nor 6
+    *[("groups", bad, _count_error(bad)) for bad in (0, -1, 1.0, 3)],  # 3 divides neither 4 nor 6
     *[("bias", bad, TypeError) for bad in (1, "yes", None)],
 ]
 PACK_INVALID = [
-    *[("offset_groups", bad, ValueError) for bad in (0, -2, 2.0, 3)],  # 3 does not divide 4
+    *[("offset_groups", bad, _count_error(bad)) for bad in (0, -2, 2.0, 3)],  # 3 does not divide 4
     *[("modulated", bad, TypeError) for bad in (1, "yes", None)],
 ]
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from deformvision.ops._validation import check_bool, check_int, check_tensor
+from deformvision._checks import check_bool, check_int, check_tensor
 from deformvision.ops.deform_conv import _fx_symbolic_tracing, _pair, _shape, deform_conv2d
 
 # A leaf for torch.fx here too: FX patches wrapped functions in the globals of the module that calls them.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformvision.ops._validation import check_int, check_tensor
+from deformvision._checks import check_int, check_tensor
 from deformvision.ops.msda import ms_deform_attn
 
 

@@ -15,7 +15,6 @@ loads the weights when ``pretrained=True``.
 import dataclasses
 import fnmatch
 import inspect
-import math
 import sys
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -24,6 +23,7 @@ from typing import Any
 from timm.models import PretrainedCfg
 from torch import nn
 
+from deformvision._checks import check_bool
 from deformvision.models._checkpoint import load_checkpoint
 from deformvision.models._pretrained import load_pretrained
 
@@ -171,31 +171,3 @@ def unknown_arguments(names: Sequence[str]) -> str:
     """``"an unexpected keyword argument 'x'"`` (Python's own words) or ``"unexpected keyword arguments 'x', 'y'"``."""
     quoted = ", ".join(map(repr, names))
     return f"an unexpected keyword argument {quoted}" if len(names) == 1 else f"unexpected keyword arguments {quoted}"
-
-
-def check_int(name: str, value: Any, low: int = 1) -> None:
-    """``value`` must be an int (not a bool) of at least ``low``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-
-
-def check_ints(name: str, values: Sequence[Any], low: int = 1) -> None:
-    """Every item of ``values`` must be an int of at least ``low`` (``name[i]`` named in the error)."""
-    for i, value in enumerate(values):
-        check_int(f"{name}[{i}]", value, low)
-
-
-def check_rate(name: str, value: Any) -> None:
-    """``value`` must be a dropout or drop-path probability: a finite number in [0, 1)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-
-
-def check_bool(name: str, value: Any) -> None:
-    """``value`` must be True or False (not 0/1, not a string such as ``"false"``)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")

@@ -27,9 +27,10 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from deformvision._checks import check_bool, check_int, check_ints, check_rate
 from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention, linear_gelu_linear
 from deformvision.models._dat_official import fit_dat_state_dict
-from deformvision.models._registry import build_model, check_bool, check_int, check_ints, check_rate, register_model
+from deformvision.models._registry import build_model, register_model
 
 OFFSET_KERNEL_SIZES = (9, 7, 5, 3)  # depthwise kernel of the offset network, by stage
 

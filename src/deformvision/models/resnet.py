@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from deformvision.models._registry import build_model, check_bool, check_int, register_model
+from deformvision._checks import check_bool, check_int
+from deformvision.models._registry import build_model, register_model
 
 logger = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ inputs and recomputes each chunk's columns, like torchvision's kernel.
 import torch
 from torch import Tensor
 
+from deformvision._checks import check_tensor
 from deformvision.ops._deform_conv_impl import _backward, _forward
-from deformvision.ops._validation import check_tensor
 
 
 def _check_int_or_pair(value: object, name: str, minimum: int) -> None:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deformvision._checks import check_bool, check_int, check_rate
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
-from deformvision.models._registry import check_bool, check_int, check_rate
 from deformvision.models.deformable_detr._hf_names import huggingface_to_official, is_huggingface_state_dict
 from deformvision.models.deformable_detr.transformer import DeformableTransformer, TransformerOutput
 

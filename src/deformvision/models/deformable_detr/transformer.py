@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deformvision._checks import check_int, check_rate
 from deformvision.layers.ms_deform_attn import MSDeformAttn
-from deformvision.models._registry import check_int, check_rate
 
 Shapes = list[tuple[int, int]]
 

@@ -42,7 +42,8 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredict
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from deformvision.models._registry import build_model, check_int, register_model, unknown_arguments
+from deformvision._checks import check_int
+from deformvision.models._registry import build_model, register_model, unknown_arguments
 from deformvision.models.detection.backbone import DATFPN, FPN_CHANNELS, dat_fpn
 from deformvision.models.detection.cascade import CascadeMaskRCNN
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformvision.models._registry import check_int, check_rate
+from deformvision._checks import check_int, check_rate
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from deformvision.models._registry import check_bool
+from deformvision._checks import check_bool
 
 
 class FPNNeck(FeaturePyramidNetwork):

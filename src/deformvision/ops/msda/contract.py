@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deformvision.ops._validation import check_bool, check_tensor
+from deformvision._checks import check_bool, check_tensor
 
 
 def _is_integer(t: Tensor) -> bool:
