@@ -108,3 +108,25 @@ def test_peak_memory_sees_a_known_allocation():
 
     peak = peak_memory(allocate, "cpu")
     assert 6 * 2**20 <= peak < 6 * 2**20 + 2**16
+
+
+def test_bench_detr_compares_the_same_weights_and_prints_a_row_per_case(capsys):
+    """Both full-size models are built with the same weights (a mismatch raises), and each case gets a row whose
+    ratio is the printed median times' quotient."""
+    pytest.importorskip("transformers")
+    argv = ["bench", "detr", "--size", "64", "--variants", "multi_scale", "--cases", "inference", "train"]
+    assert main([*argv, "--repeats", "1", "--no-memory", "--threads", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| multi")]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        ("multi_scale", "inference"),
+        ("multi_scale", "train"),
+    ]
+    for row in rows:
+        ours, theirs = (float(cell.split("(")[0]) for cell in row[2:4])
+        assert float(row[4]) == pytest.approx(theirs / ours, rel=0.05)  # the printed ms are rounded
+
+
+def test_bench_detr_refuses_a_bad_size(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "detr", "--size", "16x16"])
+    assert "must be HxW" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
             "  msda         multi-scale deformable attention paths against the grid_sample reference\n"
             "               (CUDA: Triton fp32/fp16/bf16, and the official CUDA op if installed)\n"
             "  deform-conv  deform_conv2d against torchvision.ops.deform_conv2d\n"
-            "  detr         Deformable DETR R-50 inference against Hugging Face transformers"
+            "  detr         Deformable DETR R-50 against Hugging Face transformers (inference, training step)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,10 +59,14 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     sub.set_defaults(func=_run_deform_conv)
 
-    sub = add("detr", "Deformable DETR R-50 inference against Hugging Face transformers (needs transformers)")
+    sub = add("detr", "Deformable DETR R-50 inference and training step against Hugging Face (needs transformers)")
     sub.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed runs (default: 3)")
-    sub.add_argument("--batch", type=_positive_int, default=1, metavar="N")
-    sub.add_argument("--size", type=_positive_int, default=800, metavar="S", help="image height and width")
+    sub.add_argument(
+        "--size", type=_image_size, default=(512, 683), metavar="HxW", help="image size (default: 512x683)"
+    )
+    sub.add_argument("--variants", nargs="+", choices=detr.VARIANTS, default=list(detr.VARIANTS))
+    sub.add_argument("--cases", nargs="+", choices=detr.CASES, default=list(detr.CASES))
+    sub.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     sub.set_defaults(func=_run_detr)
 
 
@@ -98,7 +102,24 @@ def _run_deform_conv(args: argparse.Namespace) -> int:
 
 
 def _run_detr(args: argparse.Namespace) -> int:
-    return _run(args, lambda: detr.run(args.batch, args.size, args.device, args.repeats))
+    height, width = args.size
+    return _run(
+        args,
+        lambda: detr.run(
+            tuple(args.variants), tuple(args.cases), height, width, args.device, args.repeats, not args.no_memory
+        ),
+    )
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """``HxW`` (or one number for a square) as two integers of at least 32."""
+    try:
+        sides = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 32:
+        raise argparse.ArgumentTypeError(f"must be HxW (or S) with sides >= 32, got {text!r}")
+    return (sides[0], sides[-1])
 
 
 def _run(args: argparse.Namespace, bench: Callable[[], None]) -> int:
