@@ -79,7 +79,8 @@ class Block(nn.Module):
         return x + self.drop_path(self._mlp(self.norm2(x))), points
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.mlp(x)``; when training without dropout, recomputing the GELU in backward (less memory)."""
+        """``self.mlp(x)``; when training without dropout or autocast, as one autograd function that recomputes
+        the GELU in backward (less memory; forward hooks on ``self.mlp``'s submodules do not run on that path)."""
         mlp = self.mlp
         dropout = self.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)
         if not torch.is_grad_enabled() or dropout or torch.is_autocast_enabled(x.device.type):
