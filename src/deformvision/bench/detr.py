@@ -3,7 +3,9 @@
 Both models are full size (d_model 256, 6 + 6 layers, FFN 1024, 4 levels, 4 points, 300 queries, 91 classes)
 with the same random weights: a random Hugging Face model (its own ResNet-50 backbone, every floating tensor
 perturbed so that no zero-initialised head hides work) is loaded into ours through
-:meth:`DeformableDETR.checkpoint_filter`. Variants: multi-scale, box refinement, two-stage.
+:meth:`DeformableDETR.checkpoint_filter`. Variants: multi-scale, box refinement, two-stage. Both compute the
+official model: Hugging Face's ``activation_dropout`` (default 0) is set to the official 0.1 of the FFN's
+hidden layer, so that a training step draws the same dropout in both.
 
 Cases, on one ``(1, 3, H, W)`` image whose bottom/right tenth is padding (masks and valid ratios matter):
 
@@ -57,6 +59,7 @@ def build_pair(variant: str) -> tuple[nn.Module, nn.Module]:
         num_queries=NUM_QUERIES,
         two_stage_num_proposals=NUM_QUERIES,
         auxiliary_loss=True,
+        activation_dropout=0.1,  # the official FFN: dropout(0.1) after the ReLU, as ours
         **flags,
     )
     torch.manual_seed(0)

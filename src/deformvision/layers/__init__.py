@@ -6,7 +6,9 @@ what is here is what timm and torchvision do not have.
 
 from deformvision.layers.deform_conv import DeformConv2d, DeformConv2dPack
 from deformvision.layers.deformable_attention import DeformableAttention, SamplingPoints, reference_points
+from deformvision.layers.dropout import Dropout
 from deformvision.layers.gelu_mlp import linear_gelu_linear
+from deformvision.layers.linear import Linear
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
 from deformvision.layers.window_attention import WindowAttention
@@ -15,6 +17,8 @@ __all__ = [
     "DeformConv2d",
     "DeformConv2dPack",
     "DeformableAttention",
+    "Dropout",
+    "Linear",
     "MSDeformAttn",
     "PositionEmbeddingSine",
     "SamplingPoints",

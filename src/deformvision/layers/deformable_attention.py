@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from deformvision.layers.linear import Linear
+
 
 def reference_points(height: int, width: int, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Uniform grid of cell centres ``(i + 0.5) / H * 2 - 1`` in normalised (y, x) coordinates.
@@ -132,10 +134,10 @@ class DeformableAttention(nn.Module):
         if no_offset:
             self.conv_offset.requires_grad_(False)
         # 1x1 convolutions in the official code (weights (C, C, 1, 1)); linear layers on channels-last here.
-        self.proj_q = nn.Linear(dim, dim)
-        self.proj_k = nn.Linear(dim, dim)
-        self.proj_v = nn.Linear(dim, dim)
-        self.proj_out = nn.Linear(dim, dim)
+        self.proj_q = Linear(dim, dim)
+        self.proj_k = Linear(dim, dim)
+        self.proj_v = Linear(dim, dim)
+        self.proj_out = Linear(dim, dim)
         # Fused attention keeps no probabilities; with ``fused_attn = False`` they are computed explicitly and
         # pass through ``attn_drop``, where a hook can read them (layers/inspection.py), as in timm.
         self.fused_attn = True

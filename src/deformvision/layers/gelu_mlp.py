@@ -4,20 +4,23 @@ Autograd through ``Linear -> GELU -> Linear`` stores the hidden pre-activation (
 *and* the hidden activation (for ``fc2``'s weight gradient): two tensors of the MLP's widest size.
 :func:`linear_gelu_linear` stores only the first and recomputes the GELU in the backward pass, which
 costs one elementwise GELU and saves a quarter of a transformer block's activations at ratio 4.
-Forward values and gradients are those of the plain composition.
+Forward values and gradients are those of the plain composition. The products go through
+:func:`deformvision.ops.linear` (oneDNN on float32 CPU tensors).
 """
 
 import torch
 import torch.nn.functional as F
 
+from deformvision.ops.linear import linear
+
 
 class _LinearGeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
-        h = F.linear(x, w1, b1)  # ..., hidden
+        h = linear(x, w1, b1)  # ..., hidden
         ctx.save_for_backward(x, h, w1, w2)
         ctx.has_bias = (b1 is not None, b2 is not None)
-        return F.linear(F.gelu(h), w2, b2)
+        return linear(F.gelu(h), w2, b2)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -31,14 +34,14 @@ class _LinearGeluLinear(torch.autograd.Function):
         if need_b2 and ctx.has_bias[1]:
             grad_b2 = grad_out2d.sum(0)
         if need_x or need_w1 or need_b1:
-            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(w2), h)  # ..., hidden
+            grad_h = torch.ops.aten.gelu_backward(linear(grad_out, w2.t()), h)  # ..., hidden
             grad_h2d = grad_h.reshape(-1, grad_h.shape[-1])  # N, hidden
             if need_w1:
                 grad_w1 = grad_h2d.t().mm(x.reshape(-1, x.shape[-1]))  # hidden, in
             if need_b1 and ctx.has_bias[0]:
                 grad_b1 = grad_h2d.sum(0)
             if need_x:
-                grad_x = grad_h.matmul(w1)  # ..., in
+                grad_x = linear(grad_h, w1.t())  # ..., in
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 

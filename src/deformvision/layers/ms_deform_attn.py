@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision._checks import check_int, check_tensor
+from deformvision.layers.linear import Linear
 from deformvision.ops.msda import ms_deform_attn
 
 
@@ -104,10 +105,10 @@ class MSDeformAttn(nn.Module):
         self.num_levels = num_levels
         self.num_heads = num_heads
         self.num_points = num_points
-        self.sampling_offsets = nn.Linear(d_model, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(d_model, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = Linear(d_model, num_heads * num_levels * num_points * 2)
+        self.attention_weights = Linear(d_model, num_heads * num_levels * num_points)
+        self.value_proj = Linear(d_model, d_model)
+        self.output_proj = Linear(d_model, d_model)
         self.sampling = MSDeformSampling()
         self.reset_parameters()
 
@@ -187,7 +188,11 @@ class MSDeformAttn(nn.Module):
         ref = reference_points[:, :, None, :, None, :]  # N, Lq, 1, L, 1, 2|4
         if reference_points.shape[-1] == 2:
             size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # L, 2: (W, H)
-            locations = ref + offsets / size_xy[:, None, :]  # N, Lq, M, L, P, 2
+            # ref + offsets / size_xy, computed on flat (M*L*P*2) last axes: the same quotients and sums, about
+            # twice as fast on the CPU as broadcasting (L, 1, 2) and (Lq, 1, L, 1, 2) over (Lq, M, L, P, 2)
+            divisor = size_xy[None, :, None, :].expand(M, L, P, 2).reshape(-1)  # M*L*P*2
+            ref_flat = ref.expand(N, Lq, M, L, P, 2).reshape(N, Lq, M * L * P * 2)
+            locations = (ref_flat + offsets.reshape(N, Lq, M * L * P * 2) / divisor).view(N, Lq, M, L, P, 2)
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
         # Reference points may be float32 in a float64 model (the official valid ratios are float32): the

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deformvision.layers.linear import Linear
+
 # Added to the attention logits of token pairs in different shift regions (Swin's value). Finite,
 # so that a padded query whose window holds only padding still gets a well-defined softmax.
 MASK_VALUE = -100.0
@@ -124,8 +126,8 @@ class WindowAttention(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         # Fused attention (used where no gradient reaches the bias) keeps no probabilities; with ``fused_attn =
         # False`` they are computed explicitly and pass through ``attn_drop``, where a hook can read them
         # (layers/inspection.py), as in timm.

@@ -28,9 +28,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision._checks import check_bool, check_int, check_ints, check_rate
-from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention, linear_gelu_linear
+from deformvision.layers import DeformableAttention, Linear, SamplingPoints, WindowAttention, linear_gelu_linear
 from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, register_model
+from deformvision.ops.linear import linear
 
 OFFSET_KERNEL_SIZES = (9, 7, 5, 3)  # depthwise kernel of the offset network, by stage
 
@@ -79,12 +80,15 @@ class Block(nn.Module):
         return x + self.drop_path(self._mlp(self.norm2(x))), points
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.mlp(x)``; when training without dropout or autocast, as one autograd function that recomputes
-        the GELU in backward (less memory; forward hooks on ``self.mlp``'s submodules do not run on that path)."""
+        """``self.mlp(x)``. Without dropout or autocast it is computed from the MLP's weights (forward hooks
+        on ``self.mlp``'s submodules do not run then): with gradients, as one autograd function that recomputes
+        the GELU in backward (less memory); without, with the GELU fused into the first product."""
         mlp = self.mlp
         dropout = self.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)
-        if not torch.is_grad_enabled() or dropout or torch.is_autocast_enabled(x.device.type):
+        if dropout or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)):
             return mlp(x)
+        if not torch.is_grad_enabled():
+            return linear(linear(x, mlp.fc1.weight, mlp.fc1.bias, "gelu"), mlp.fc2.weight, mlp.fc2.bias)
         return linear_gelu_linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
 
 
@@ -260,7 +264,7 @@ class DAT(nn.Module):
             self.feature_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices})
         else:
             self.norm = nn.LayerNorm(dims[-1])
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+            self.head = Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
     # ----------------------------------------------------------------------------------------------
@@ -393,7 +397,7 @@ class DAT(nn.Module):
             raise ValueError(f"DAT pools by averaging: global_pool must be None or 'avg', got {global_pool!r}")
         check_int("num_classes", num_classes, low=0)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
     # ----------------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision._checks import check_bool, check_int, check_rate
+from deformvision.layers.linear import Linear
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
 from deformvision.models.deformable_detr._hf_names import huggingface_to_official, is_huggingface_state_dict
 from deformvision.models.deformable_detr.transformer import DeformableTransformer, TransformerOutput
+from deformvision.ops.linear import linear
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,11 @@ class BoxMLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims_in, dims_out, strict=True))
+        self.layers = nn.ModuleList(Linear(d_in, d_out) for d_in, d_out in zip(dims_in, dims_out, strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+            x = layer(x) if i == len(self.layers) - 1 else linear(x, layer.weight, layer.bias, "relu")
         return x
 
 
@@ -185,7 +186,7 @@ class DeformableDETR(nn.Module):
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, 2 * d_model)
 
-        class_head = nn.Linear(d_model, num_classes)
+        class_head = Linear(d_model, num_classes)
         box_head = BoxMLP(d_model, d_model, 4, 3)
         nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))
         nn.init.zeros_(box_head.layers[-1].weight)

@@ -21,11 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformvision._checks import check_int, check_rate
+from deformvision.layers.dropout import Dropout
+from deformvision.layers.linear import Linear
 from deformvision.layers.ms_deform_attn import MSDeformAttn
+from deformvision.ops.linear import linear
 
 Shapes = list[tuple[int, int]]
 
@@ -136,12 +138,12 @@ class DeformableEncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout3 = nn.Dropout(dropout)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.dropout2 = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model)
+        self.dropout3 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
@@ -155,7 +157,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(linear(src, self.linear1.weight, self.linear1.bias, "relu")))  # fused ReLU
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -196,15 +198,15 @@ class DeformableDecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.cross_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout4 = nn.Dropout(dropout)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.dropout3 = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model)
+        self.dropout4 = Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(
@@ -223,7 +225,7 @@ class DeformableDecoderLayer(nn.Module):
             tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout3(linear(tgt, self.linear1.weight, self.linear1.bias, "relu")))  # fused ReLU
         return self.norm3(tgt + self.dropout4(ffn))
 
 
@@ -385,12 +387,12 @@ class DeformableTransformer(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
-            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output = Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
-            self.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
+            self.pos_trans = Linear(2 * d_model, 2 * d_model)
             self.pos_trans_norm = nn.LayerNorm(2 * d_model)
         else:
-            self.reference_points = nn.Linear(d_model, 2)
+            self.reference_points = Linear(d_model, 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
