@@ -130,3 +130,15 @@ def test_bench_detr_refuses_a_bad_size(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "detr", "--size", "16x16"])
     assert "must be HxW" in capsys.readouterr().err
+
+
+def test_bench_primitives_prints_a_row_per_layer_and_pass(capsys):
+    assert main(["bench", "primitives", "--device", "cpu", "--threads", "1", "--repeats", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    header, rows = lines[0], [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    assert header.startswith("| model | layer |") and header.endswith("| torch / ours |")
+    assert [(row[1], row[3]) for row in rows[:2]] == [("stage 1 fc1", "fwd"), ("stage 1 fc1", "fwd+bwd")]
+    assert len(rows) == 2 * 9 and rows[-1][1] == "encoder FFN dropout 0.1"
+    for row in rows:
+        ours, theirs, ratio = float(row[4]), float(row[5]), float(row[6])
+        assert abs(ratio - theirs / ours) <= 0.01 + 0.06 * ratio / ours  # printed times are rounded to 0.1 ms

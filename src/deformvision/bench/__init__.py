@@ -6,6 +6,7 @@ are thin wrappers over the same functions).
 - :mod:`~deformvision.bench.msda`: ``ms_deform_attn`` paths against the grid_sample reference (and the official
   CUDA op where it is installed);
 - :mod:`~deformvision.bench.deform_conv`: ``deform_conv2d`` against ``torchvision.ops.deform_conv2d``;
-- :mod:`~deformvision.bench.detr`: Deformable DETR inference against Hugging Face ``transformers``;
+- :mod:`~deformvision.bench.detr`: Deformable DETR inference and a training step against Hugging Face ``transformers``;
+- :mod:`~deformvision.bench.primitives`: ``ops.linear`` and ``ops.dropout`` against ``F.linear`` and ``F.dropout``;
 - :mod:`~deformvision.bench.measure`: the timing and peak-memory measurements they share.
 """

@@ -1,11 +1,12 @@
 """Speed and memory of a DAT model: forward and forward+backward, ours (eager, optionally compiled) against
 the official code.
 
-Each row is measured in a fresh process (so rows do not share a memory peak): the median time over
-``repeats`` runs after a warm-up, and the peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
-process's peak resident memory above what it held before the first run). With ``compile`` our model also
-runs through ``torch.compile`` (Inductor); its first call, which compiles, is reported on its own (its CPU
-peak memory, a process peak, includes the compilation).
+Times: per batch size and pass, every implementation is built in one fresh process and they take turns
+for ``repeats`` rounds after a warm-up (a busy machine slows them alike); the table gives the median and the
+range. Peak memory: each implementation in a fresh process of its own, over a first and a second step
+(CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident memory above what it held before
+the first step). With ``compile`` our model also runs through ``torch.compile`` (Inductor); its first call,
+which compiles, is reported on its own (its CPU peak memory, a process peak, includes the compilation).
 
 The official implementation (LeapLabTHU/DAT, v1 at 566a593) is not part of deformvision: ``official_repo``
 points at a checkout of it, timed with the same configuration.
@@ -16,12 +17,13 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from deformvision.bench.measure import check_device, check_repeats, sync
+from deformvision.bench.measure import check_device, check_repeats, round_times, sync
 from deformvision.models import create_model
 
 OFFICIAL_CONFIGS = {  # the official constructor arguments of the registered variants (configs/*.yaml)
@@ -103,19 +105,8 @@ def current_rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
-def measure(
-    impl: str,
-    model_name: str,
-    batch: int,
-    mode: str,
-    device: str,
-    repeats: int,
-    official_repo: str | None,
-    threads: int,
-) -> dict[str, float]:
-    """Median seconds, the spread (min, max), the first call's seconds and the peak memory (bytes) of one row."""
-    torch.set_num_threads(threads)
-    model = build(impl, model_name, official_repo).to(device)
+def make_step(model: nn.Module, batch: int, mode: str, device: str) -> Callable[[], None]:
+    """One ``fwd`` (eval, no gradients) or ``fwd+bwd`` (train, backward of the mean logit) call of ``model``."""
     model.train(mode == "fwd+bwd")
     x = torch.randn(batch, 3, 224, 224, device=device)
 
@@ -129,6 +120,32 @@ def measure(
             logits.float().mean().backward()
             model.zero_grad(set_to_none=True)
 
+    return step
+
+
+def interleaved_times(
+    impls: list[str],
+    model_name: str,
+    batch: int,
+    mode: str,
+    device: str,
+    repeats: int,
+    official_repo: str | None,
+    threads: int,
+) -> list[list[float]]:
+    """Seconds of ``repeats`` steps of every implementation, built in this process and taking turns
+    (:func:`~deformvision.bench.measure.round_times`, after one warm-up call each)."""
+    torch.set_num_threads(threads)
+    steps = [make_step(build(impl, model_name, official_repo).to(device), batch, mode, device) for impl in impls]
+    return round_times(steps, device, repeats)
+
+
+def peak_and_first_call(
+    impl: str, model_name: str, batch: int, mode: str, device: str, official_repo: str | None, threads: int
+) -> dict[str, float]:
+    """The peak memory (bytes) of a first and a second step of one implementation, and the first call's seconds."""
+    torch.set_num_threads(threads)
+    step = make_step(build(impl, model_name, official_repo).to(device), batch, mode, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -137,23 +154,19 @@ def measure(
     step()  # warm-up (compiled: compiles)
     sync(device)
     first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    step()
+    sync(device)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - baseline
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    return {"seconds": statistics.median(times), "min": min(times), "max": max(times), "first": first, "peak": peak}
+    return {"peak": peak, "first": first}
 
 
-def measure_in_new_process(*args: object) -> dict[str, float]:
-    """:func:`measure` in a fresh (spawned) Python process: its own peak memory, no state of earlier rows."""
+def in_new_process(fn: Callable, *args: object) -> object:
+    """``fn(*args)`` in a fresh (spawned) Python process: its own peak memory, no state of earlier rows."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, args)
+        return pool.apply(fn, args)
 
 
 def run(
@@ -179,8 +192,8 @@ def run(
     threads = threads or torch.get_num_threads()
     impls = ["ours"] + (["ours compiled"] if compiled else []) + (["official"] if official_repo else [])
     print(
-        f"{model} at 224x224 on {device} (torch {torch.__version__}, {threads} threads, median of {repeats}; "
-        f"min-max in brackets; each row in its own process)\n"
+        f"{model} at 224x224 on {device} (torch {torch.__version__}, {threads} threads, median of {repeats} "
+        f"interleaved rounds, min-max in brackets; peak memory of each in its own process)\n"
     )
     header = "| batch | pass |" + "".join(f" {impl} ms | {impl} peak MiB |" for impl in impls)
     header += "".join(f" ratio {impl}/ours |" for impl in impls[1:])
@@ -189,17 +202,21 @@ def run(
     first_calls = []
     for batch in batch_sizes:
         for mode in MODES:
-            result = {
-                impl: measure_in_new_process(impl, model, batch, mode, device, repeats, official_repo, threads)
+            times = in_new_process(
+                interleaved_times, impls, model, batch, mode, device, repeats, official_repo, threads
+            )
+            peaks = {
+                impl: in_new_process(peak_and_first_call, impl, model, batch, mode, device, official_repo, threads)
                 for impl in impls
             }
+            medians = [statistics.median(t) for t in times]
             line = f"| {batch} | {mode} |"
-            for impl in impls:
-                ms = {key: result[impl][key] * 1e3 for key in ("seconds", "min", "max")}
-                line += f" {ms['seconds']:.1f} ({ms['min']:.0f}-{ms['max']:.0f}) | {result[impl]['peak'] / 2**20:.0f} |"
-            line += "".join(f" {result[impl]['seconds'] / result['ours']['seconds']:.2f} |" for impl in impls[1:])
+            for impl, impl_times, median in zip(impls, times, medians, strict=True):
+                spread = f"{median * 1e3:.1f} ({min(impl_times) * 1e3:.0f}-{max(impl_times) * 1e3:.0f})"
+                line += f" {spread} | {peaks[impl]['peak'] / 2**20:.0f} |"
+            line += "".join(f" {median / medians[0]:.2f} |" for median in medians[1:])
             print(line, flush=True)
             if compiled:
-                first_calls.append(f"batch {batch} {mode}: {result['ours compiled']['first']:.1f} s")
+                first_calls.append(f"batch {batch} {mode}: {peaks['ours compiled']['first']:.1f} s")
     if first_calls:
         print("\ntorch.compile first call (compilation, not in the times above): " + "; ".join(first_calls))

@@ -15,7 +15,8 @@ Subcommands:
     demo    train a small DAT model on a built-in digits set on the CPU, evaluate, draw it.
     analyze attention collapse of models on images (JSON, plot), an HTML report.
     viz     where deformable attention looks: DAT points and top keys, Deformable DETR sampling by level.
-    bench   side-by-side speed and memory tables (DAT, msda, deform-conv, Deformable DETR) on this machine.
+    bench   side-by-side speed and memory tables (DAT, msda, deform-conv, Deformable DETR, primitives) on this
+            machine.
 """
 
 import argparse

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from deformvision.bench import dat, deform_conv, detr, msda
+from deformvision.bench import dat, deform_conv, detr, msda, primitives
 from deformvision.cli._common import _error, _positive_int
 
 _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,7 +22,8 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
             "  msda         multi-scale deformable attention paths against the grid_sample reference\n"
             "               (CUDA: Triton fp32/fp16/bf16, and the official CUDA op if installed)\n"
             "  deform-conv  deform_conv2d against torchvision.ops.deform_conv2d\n"
-            "  detr         Deformable DETR R-50 against Hugging Face transformers (inference, training step)"
+            "  detr         Deformable DETR R-50 against Hugging Face transformers (inference, training step)\n"
+            "  primitives   deformvision.ops.linear / dropout against torch.nn.functional at the models' sizes"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,6 +70,10 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     sub.set_defaults(func=_run_detr)
 
+    sub = add("primitives", "ops.linear and ops.dropout against F.linear and F.dropout at DAT and DETR sizes")
+    sub.add_argument("--repeats", type=_positive_int, default=5, metavar="N", help="timed runs (default: 5)")
+    sub.set_defaults(func=_run_primitives)
+
 
 def _default_repeats(args: argparse.Namespace) -> int:
     return args.repeats or (20 if args.device == "cuda" else 3)
@@ -109,6 +114,10 @@ def _run_detr(args: argparse.Namespace) -> int:
             tuple(args.variants), tuple(args.cases), height, width, args.device, args.repeats, not args.no_memory
         ),
     )
+
+
+def _run_primitives(args: argparse.Namespace) -> int:
+    return _run(args, lambda: primitives.run(args.device, args.repeats))
 
 
 def _image_size(text: str) -> tuple[int, int]:

@@ -186,12 +186,15 @@ class DeformableAttention(nn.Module):
         bg = pos.shape[0]
         b = bg // self.num_groups
         heads_per_group = self.num_heads // self.num_groups
-        q_grid = reference_points(height, width, bg, pos.dtype, pos.device)
-        displacement = (q_grid.reshape(bg, -1, 1, 2) - pos.reshape(bg, 1, -1, 2)) * 0.5  # B*G, HW, Ns, 2
+        # (y, x) -> (x, y), the order grid_sample reads, and the halving, on the small operands: the large
+        # displacement tensor is then made once, with the same values as (q_grid - pos) * 0.5 reordered
+        q_xy = reference_points(height, width, bg, pos.dtype, pos.device)[..., (1, 0)] * 0.5  # B*G, H, W, 2
+        pos_xy = pos[..., (1, 0)] * 0.5  # B*G, Hk, Wk, 2
+        displacement = q_xy.reshape(bg, -1, 1, 2) - pos_xy.reshape(bg, 1, -1, 2)  # B*G, HW, Ns, 2 (x, y)
         table = self.rpe_table[None].expand(b, -1, -1, -1)  # B, heads, 2Hc-1, 2Wc-1
         table = table.reshape(bg, heads_per_group, *self.rpe_table.shape[1:])  # B*G, heads/G, ...
         bias = F.grid_sample(
-            table, displacement[..., (1, 0)], mode="bilinear", padding_mode="zeros", align_corners=True
+            table, displacement, mode="bilinear", padding_mode="zeros", align_corners=True
         )  # B*G, heads/G, HW, Ns
         return bias.reshape(b * self.num_heads, height * width, -1)
 

@@ -5,7 +5,7 @@ copied, and an activation after it is one more pass over that output. oneDNN's m
 ``torch.compile`` uses for linear layers on the CPU, ``torch.ops.mkldnn._linear_pointwise``) adds the bias
 and applies ReLU/GELU while it writes the output. At the sizes of DAT and Deformable DETR a float32 product
 is 10-25% faster that way on one thread, and a fused GELU costs about a fifth of a separate one
-(``benchmarks/bench_linear.py`` prints the table).
+(``deformvision bench primitives`` prints the table).
 
 :func:`linear` takes that path for float32 CPU tensors whenever PyTorch was built with oneDNN, and is
 differentiable there (:class:`_OneDNNLinear`). In every other case -- other devices or dtypes, autocast,
