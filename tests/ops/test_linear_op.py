@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deformvision.layers import Linear
-from deformvision.ops import linear
+from deformvision.ops import linear, linear_relu_dropout
 from deformvision.ops.linear import onednn_available
 
 ACTIVATION = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu}
@@ -94,3 +94,43 @@ def test_linear_module_is_a_drop_in_nn_linear():
     torch.testing.assert_close(ours.weight, theirs.weight)  # same initialisation
     x = _inputs((2, 3))[0]
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the oneDNN path and the plain one
+def test_linear_relu_dropout_is_relu_then_dropout_with_the_drawn_mask(dtype):
+    x, weight, bias = (t.to(dtype) for t in _inputs((50, 3)))
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    torch.manual_seed(7)
+    out = linear_relu_dropout(*leaves, 0.3)
+    grad = torch.randn(out.shape, dtype=dtype)
+    out.backward(grad)
+    torch.manual_seed(7)
+    keep = torch.rand(out.shape, dtype=dtype) >= 0.3  # the same draw (the mask is drawn after the product)
+    ref = [t.double().requires_grad_() for t in (x, weight, bias)]
+    ref_out = F.relu(F.linear(*ref)) * keep / 0.7
+    ref_out.backward(grad.double())
+    assert 0.2 < 1 - keep.double().mean() < 0.4
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    for t, r in zip(leaves, ref, strict=True):
+        torch.testing.assert_close(t.grad.double(), r.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_relu_dropout_keeps_no_mask_for_backward():
+    x, weight, bias = (t.requires_grad_() for t in _inputs((64, 4)))
+    saved = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        linear_relu_dropout(x, weight, bias, 0.1)
+    assert sorted(saved) == sorted([x.shape, weight.shape, torch.Size([64, 4, 40])])  # x, weight, the output
+
+
+def test_linear_relu_dropout_p_zero_and_bad_p():
+    x, weight, bias = _inputs((5,))
+    torch.testing.assert_close(linear_relu_dropout(x, weight, bias, 0.0), F.relu(F.linear(x, weight, bias)))
+    for p in (1.0, -0.5, True):
+        with pytest.raises(ValueError, match=r"p must be a dropout probability in \[0, 1\)"):
+            linear_relu_dropout(x, weight, bias, p)

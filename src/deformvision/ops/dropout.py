@@ -16,12 +16,17 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 
+def scaled_keep_mask(like: Tensor, p: float) -> Tensor:
+    """A float tensor shaped like ``like``: ``1 / (1 - p)`` with probability ``1 - p``, else 0 (``rand >= p``)."""
+    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
+
+
 class _MaskedScale(torch.autograd.Function):
     """``x * mask`` with ``mask = (rand >= p) / (1 - p)`` drawn here; backward ``grad * mask``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        mask = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # same shape as x: 0 or 1 / (1 - p)
+        mask = scaled_keep_mask(x, p)  # same shape as x: 0 or 1 / (1 - p)
         ctx.save_for_backward(mask)
         return x * mask
 

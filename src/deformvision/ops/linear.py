@@ -21,6 +21,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from deformvision.ops.dropout import dropout, scaled_keep_mask
+
 ACTIVATIONS = ("none", "relu", "gelu")
 
 
@@ -44,6 +46,13 @@ def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
 
 
+def _check_fit(x: Tensor, weight: Tensor) -> None:
+    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit: need x (..., in) and weight (out, in)"
+        )
+
+
 def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (
         x.device.type == "cpu"
@@ -64,15 +73,22 @@ class _OneDNNLinear(torch.autograd.Function):
     """``activation(x @ weight.T + bias)`` for ``activation`` ``none`` or ``relu`` (ReLU's backward needs
     only its output), keeping ``x``, ``weight`` (and the ReLU output) for backward as ``F.linear`` does.
 
+    With ``dropout`` p > 0 (after a ReLU only) the ReLU output is multiplied in place by a dropout mask
+    (``1 / (1 - p)`` or 0) that is not kept: an output element is positive exactly where the ReLU passed it
+    and the mask kept it, so the output alone gives the backward (``grad / (1 - p)`` there, else 0).
+
     Backward: the input gradient ``grad @ weight`` through oneDNN too (faster than MKL at these sizes), the
     weight gradient ``grad.T @ x`` through ``torch.mm`` (MKL is faster for that long reduction).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, dropout: float) -> Tensor:
         out = _onednn(x, weight, bias, activation)  # (..., out)
+        if dropout > 0:
+            out.mul_(scaled_keep_mask(out, dropout))
         ctx.save_for_backward(x, weight, out if activation == "relu" else None)
         ctx.has_bias = bias is not None
+        ctx.dropout_scale = 1.0 / (1.0 - dropout)
         return out
 
     @staticmethod
@@ -80,8 +96,10 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, relu_out = ctx.saved_tensors
         if relu_out is not None:
-            grad_out = torch.ops.aten.threshold_backward(grad_out, relu_out, 0)  # 0 where the ReLU clipped
-        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
+            grad_out = torch.ops.aten.threshold_backward(grad_out, relu_out, 0)  # 0 where clipped or dropped
+            if ctx.dropout_scale != 1.0:
+                grad_out.mul_(ctx.dropout_scale)
+        need_x, need_weight, need_bias, _, _ = ctx.needs_input_grad
         grad_x = grad_weight = grad_bias = None
         if need_x:
             grad_x = _onednn(grad_out, weight.t(), None, "none")  # (..., in)
@@ -90,7 +108,7 @@ class _OneDNNLinear(torch.autograd.Function):
             grad_weight = grad_2d.t().mm(x.reshape(-1, x.shape[-1]))  # (out, in)
         if need_bias and ctx.has_bias:
             grad_bias = grad_2d.sum(0)  # (out,)
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
@@ -113,10 +131,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit: need x (..., in) and weight (out, in)"
-        )
+    _check_fit(x, weight)
     if not _use_onednn(x, weight, bias):
         out = F.linear(x, weight, bias)
         return F.relu(out) if activation == "relu" else F.gelu(out) if activation == "gelu" else out
@@ -124,5 +139,29 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     if not needs_grad:
         return _onednn(x, weight, bias, activation)
     if activation == "gelu":  # GELU's backward needs its input, which the fused call does not keep
-        return F.gelu(_OneDNNLinear.apply(x, weight, bias, "none"))
-    return _OneDNNLinear.apply(x, weight, bias, activation)
+        return F.gelu(_OneDNNLinear.apply(x, weight, bias, "none", 0.0))
+    return _OneDNNLinear.apply(x, weight, bias, activation, 0.0)
+
+
+def linear_relu_dropout(x: Tensor, weight: Tensor, bias: Tensor | None, p: float) -> Tensor:
+    """``F.dropout(F.relu(F.linear(x, weight, bias)), p, training=True)`` (a transformer FFN's first half).
+
+    On the oneDNN path with gradients it keeps, besides ``x`` and ``weight``, only its output: no ReLU output
+    and no dropout mask (see :class:`_OneDNNLinear`); the mask is drawn as :func:`deformvision.ops.dropout`
+    draws it. ``p = 0`` is ``linear(x, weight, bias, "relu")``.
+
+    Example:
+        >>> x, weight = torch.randn(1000, 8), torch.randn(64, 8)
+        >>> y = linear_relu_dropout(x, weight, None, 0.5)
+        >>> bool((y >= 0).all()), bool(((y == 0) & (F.linear(x, weight) > 0)).any())
+        (True, True)
+    """
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be a dropout probability in [0, 1), got {p!r}")
+    if p == 0:
+        return linear(x, weight, bias, "relu")
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    _check_fit(x, weight)
+    if needs_grad and _use_onednn(x, weight, bias):
+        return _OneDNNLinear.apply(x, weight, bias, "relu", float(p))
+    return dropout(linear(x, weight, bias, "relu"), p)

@@ -27,7 +27,7 @@ from deformvision._checks import check_int, check_rate
 from deformvision.layers.dropout import Dropout
 from deformvision.layers.linear import Linear
 from deformvision.layers.ms_deform_attn import MSDeformAttn
-from deformvision.ops.linear import linear
+from deformvision.ops.linear import linear_relu_dropout
 
 Shapes = list[tuple[int, int]]
 
@@ -127,6 +127,12 @@ def proposal_position_embedding(boxes_unact: Tensor, num_pos_feats: int, tempera
     return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(2)
 
 
+def ffn_hidden(linear1: nn.Linear, dropout: nn.Dropout, x: Tensor) -> Tensor:
+    """``dropout(relu(linear1(x)))``, the FFN's hidden layer, as one call that keeps only ``x`` and its output
+    for backward (:func:`~deformvision.ops.linear_relu_dropout`; ``dropout``'s module is not called)."""
+    return linear_relu_dropout(x, linear1.weight, linear1.bias, dropout.p if dropout.training else 0.0)
+
+
 class DeformableEncoderLayer(nn.Module):
     """Post-norm encoder layer: deformable self-attention over all levels, then a ReLU FFN.
 
@@ -157,7 +163,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(linear(src, self.linear1.weight, self.linear1.bias, "relu")))  # fused ReLU
+        ffn = self.linear2(ffn_hidden(self.linear1, self.dropout2, src))
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -225,7 +231,7 @@ class DeformableDecoderLayer(nn.Module):
             tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
-        ffn = self.linear2(self.dropout3(linear(tgt, self.linear1.weight, self.linear1.bias, "relu")))  # fused ReLU
+        ffn = self.linear2(ffn_hidden(self.linear1, self.dropout3, tgt))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
