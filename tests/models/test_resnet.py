@@ -389,3 +389,34 @@ def test_pretrained_torchvision_weights_through_the_download_path(tmp_path):
     with torch.no_grad():
         expected = torch.nn.Sequential(*list(reference.double().children())[:-2])(x)
         torch.testing.assert_close(backbone.double().eval()(x)[0], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_folded_frozen_norms_give_torchvision_gradients():
+    """The frozen backbone folds each FrozenBatchNorm2d into its convolution: its maps and the gradients of the
+    trained convolutions equal those of torchvision's own module forward (conv, norm, ReLU, Bottleneck)."""
+    backbone = resnet50(features_only=True, out_indices=(1, 2))
+    randomize_norms(backbone)
+    backbone.double().train()
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64)
+    weights = [torch.randn(f.shape, dtype=torch.float64) for f in backbone(x)]
+
+    def loss_and_grads(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        backbone.zero_grad(set_to_none=True)
+        loss = sum((f * w).sum() for f, w in zip(forward(x), weights, strict=True))
+        loss.backward()
+        return loss.detach(), [p.grad for p in backbone.layer2.parameters()] + [backbone.layer3[0].conv1.weight.grad]
+
+    def torchvision_forward(images: torch.Tensor) -> list[torch.Tensor]:
+        y = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
+        maps = []
+        for stage in (backbone.layer1, backbone.layer2, backbone.layer3):
+            y = stage(y)  # nn.Sequential of torchvision Bottleneck modules
+            maps.append(y)
+        return maps[1:]
+
+    ours, ours_grads = loss_and_grads(backbone)
+    expected, expected_grads = loss_and_grads(torchvision_forward)
+    assert_close_f64(ours, expected)
+    assert len(ours_grads) == 14 and all(g is not None for g in ours_grads)  # layer2: 4 x 3 convs + downsample
+    for grad, ref in zip(ours_grads, expected_grads, strict=True):
+        assert_close_f64(grad, ref)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import FeatureInfo, generate_default_cfgs
@@ -38,6 +39,30 @@ _BUILDERS: dict[str, Callable[..., torchvision.models.ResNet]] = {
     "resnet101": torchvision.models.resnet101,
 }
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))``; a :class:`FrozenBatchNorm2d` is folded into the convolution (its per-channel scale
+    into the weights, its shift into the bias), which spares the two passes over the output that the norm
+    costs: the same values to float rounding (about 2e-6 relative), gradients to ``conv``'s parameters
+    through the fold. The forward hooks of ``conv`` and ``norm`` do not run on the folded path."""
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # C_out, torchvision's formula
+    shift = norm.bias - norm.running_mean * scale  # C_out
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale[:, None, None, None]  # C_out, C_in / groups, kH, kW
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def bottleneck(block: torchvision.models.resnet.Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``Bottleneck.forward`` with every conv + norm pair through :func:`conv_norm`."""
+    out = F.relu_(conv_norm(block.conv1, block.bn1, x))
+    out = F.relu_(conv_norm(block.conv2, block.bn2, out))
+    out = conv_norm(block.conv3, block.bn3, out)
+    identity = x if block.downsample is None else conv_norm(block.downsample[0], block.downsample[1], x)
+    return F.relu_(out.add_(identity))
 
 
 class ResNet(nn.Module):
@@ -175,14 +200,14 @@ class ResNet(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.conv1.in_channels:
             raise ValueError(f"expected input of shape (B, {self.conv1.in_channels}, H, W), got {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # B, 64, H/4, W/4
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # B, 64, H/4, W/4
         outputs = []
         for stage in self._stages()[:num_stages]:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                for block in stage:
-                    x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = stage(x)
+            for block in stage:
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(bottleneck, block, x, use_reentrant=False)
+                else:
+                    x = bottleneck(block, x)
             outputs.append(x)
         return outputs
 
