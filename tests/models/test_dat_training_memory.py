@@ -2,6 +2,7 @@
 
 import torch
 
+from deformvision.layers import DeformableAttention
 from deformvision.models.dat import DAT, Block
 
 
@@ -43,3 +44,25 @@ def test_mlp_dropout_takes_the_plain_path():
     y = block.mlp(x)
     torch.manual_seed(1)
     torch.testing.assert_close(block._mlp(x), y)  # same dropout draws: the module itself ran
+
+
+def _set_fused_attn(model: DAT, flag: bool) -> None:
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = flag
+
+
+def test_gradients_equal_those_of_the_explicit_attention(monkeypatch):
+    """The training path (attention probabilities, qkv, the deformable bias and the offset network recomputed in
+    backward) against autograd through the plain ops (the explicit softmax, ``fused_attn = False``, and the
+    ``conv_offset`` modules), in float64."""
+    model = _tiny_dat().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    recomputed = _gradients(model, x)
+    _set_fused_attn(model, False)
+    plain_offsets = lambda self, q: self.conv_offset(q.reshape(q.shape[0] * self.num_groups, -1, *q.shape[2:]))  # noqa: E731
+    monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
+    explicit = _gradients(model, x)
+    assert len(recomputed) == len(explicit)
+    for g, g_ref in zip(recomputed, explicit, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
