@@ -28,7 +28,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision._checks import check_bool, check_int, check_ints, check_rate
-from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention, linear_gelu_linear
+from deformvision.layers import (
+    DeformableAttention,
+    SamplingPoints,
+    WindowAttention,
+    apply_to_layer_norm,
+    linear_gelu_linear,
+)
 from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, register_model
 
@@ -55,7 +61,9 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
-    One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code.
+    One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code. In training the
+    normalised tensors are recomputed in backward rather than kept by attn and the MLP
+    (:func:`~deformvision.layers.apply_to_layer_norm`).
 
     Shape:
         - Input: ``(B, H, W, C)`` (channels last)
@@ -71,12 +79,13 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints | None]:
+        # Training: the normalised tensors are recomputed in backward instead of kept by attn and the MLP.
         points = None
-        y = self.attn(self.norm1(x))
+        y = apply_to_layer_norm(self.norm1, x, self.attn)
         if isinstance(y, tuple):  # deformable attention also returns its sampling points
             y, points = y
         x = x + self.drop_path(y)
-        return x + self.drop_path(self._mlp(self.norm2(x))), points
+        return x + self.drop_path(apply_to_layer_norm(self.norm2, x, self._mlp)), points
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """``self.mlp(x)``; when training without dropout or autocast, as one autograd function that recomputes
