@@ -28,13 +28,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deformvision._checks import check_bool, check_int, check_ints, check_rate
-from deformvision.layers import (
-    DeformableAttention,
-    SamplingPoints,
-    WindowAttention,
-    apply_to_layer_norm,
-    linear_gelu_linear,
-)
+from deformvision.layers import DeformableAttention, SamplingPoints, WindowAttention, linear_gelu_linear
+from deformvision.layers.recomputed_norm import apply_to_layer_norm
 from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, register_model
 
