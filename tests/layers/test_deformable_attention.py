@@ -84,3 +84,57 @@ def test_gradcheck_float64():
 def test_rejects_indivisible_heads_and_groups():
     with pytest.raises(ValueError, match="divisible"):
         make(num_heads=3)
+
+
+def _training_step_grads(attn: DeformableAttention, x: torch.Tensor) -> list[torch.Tensor]:
+    y, points = attn(x)
+    loss = y.square().sum() + points.positions.sin().sum()  # gradients also reach the offsets through pos
+    return torch.autograd.grad(loss, [x, *attn.parameters()], allow_unused=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(stride=2, offset_kernel_size=4), dict(fixed_pe=True), dict(use_pe=False)])
+def test_recomputing_training_path_matches_autograd_composition_float64(kwargs, monkeypatch):
+    """The training path (offset network, position bias and probabilities recomputed in backward) against autograd
+    through the module's plain ops: the ``conv_offset`` modules and the explicit softmax (``fused_attn = False``)."""
+    attn = make(**kwargs).double().train()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 6, 6, 16, dtype=torch.float64, requires_grad=True)
+    y = attn(x)[0]
+    grads = _training_step_grads(attn, x)
+    plain_offsets = lambda self, q: self.conv_offset(q.reshape(q.shape[0] * self.num_groups, -1, *q.shape[2:]))  # noqa: E731
+    monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
+    attn.fused_attn = False
+    torch.testing.assert_close(attn(x)[0], y, rtol=0, atol=1e-13)
+    for g, g_ref in zip(grads, _training_step_grads(attn, x), strict=True):
+        if g_ref is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_recomputing_training_path_keeps_less(monkeypatch):
+    attn = make()
+    x = torch.randn(2, 6, 6, 16, requires_grad=True)
+
+    def saved_bytes() -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            attn(x)
+        return sum(storages.values())
+
+    recomputed = saved_bytes()
+    attn.fused_attn = False  # the explicit softmax path (the offset network still recomputes)
+    probs_and_bias_grid = 2 * 4 * 36 * 36 * 4 + 2 * 2 * 36 * 36 * 2 * 4  # B*heads*HW*Ns, B*G*HW*Ns*2 floats
+    explicit = saved_bytes()
+    assert explicit - recomputed >= probs_and_bias_grid
+    plain_offsets = lambda self, q: self.conv_offset(q.reshape(q.shape[0] * self.num_groups, -1, *q.shape[2:]))  # noqa: E731
+    monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
+    offset_net_hidden = 3 * 2 * 2 * 8 * 36 * 4  # at least three of: grouped q, conv, norm, GELU outputs (B*G*C/G*HW)
+    assert saved_bytes() - explicit >= offset_net_hidden

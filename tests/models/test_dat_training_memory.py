@@ -2,6 +2,8 @@
 
 import torch
 
+from deformvision.layers import DeformableAttention
+from deformvision.models import dat as dat_module
 from deformvision.models.dat import DAT, Block
 
 
@@ -43,3 +45,49 @@ def test_mlp_dropout_takes_the_plain_path():
     y = block.mlp(x)
     torch.manual_seed(1)
     torch.testing.assert_close(block._mlp(x), y)  # same dropout draws: the module itself ran
+
+
+def _set_fused_attn(model: DAT, flag: bool) -> None:
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = flag
+
+
+def test_gradients_equal_those_of_the_explicit_attention(monkeypatch):
+    """The training path (attention probabilities, qkv, the deformable bias and the offset network recomputed in
+    backward) against autograd through the plain ops (the explicit softmax, ``fused_attn = False``, and the
+    ``conv_offset`` modules), in float64."""
+    model = _tiny_dat().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    recomputed = _gradients(model, x)
+    _set_fused_attn(model, False)
+    plain_offsets = lambda self, q: self.conv_offset(q.reshape(q.shape[0] * self.num_groups, -1, *q.shape[2:]))  # noqa: E731
+    monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
+    explicit = _gradients(model, x)
+    assert len(recomputed) == len(explicit)
+    for g, g_ref in zip(recomputed, explicit, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_equal_those_with_the_normalised_tensors_kept(monkeypatch):
+    model = _tiny_dat().train()
+    with torch.no_grad():  # norms that are not the identity, so that a wrong recomputation shows
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1, 0.3)
+                module.bias.normal_(0, 0.3)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    recomputed = _gradients(model, x)
+    monkeypatch.setattr(dat_module, "apply_to_layer_norm", lambda norm, x, consumer: consumer(norm(x)))
+    kept = _gradients(model, x)
+    for g, g_ref in zip(recomputed, kept, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = _tiny_dat().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    plain = _gradients(model, x)
+    model.set_grad_checkpointing(True)
+    for g, g_ref in zip(_gradients(model, x), plain, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)

@@ -11,6 +11,7 @@ from deformvision.layers.gelu_mlp import linear_gelu_linear
 from deformvision.layers.linear import Linear
 from deformvision.layers.ms_deform_attn import MSDeformAttn, directional_offset_bias
 from deformvision.layers.position_encoding import PositionEmbeddingSine, mask_to_level
+from deformvision.layers.recomputed_norm import apply_to_layer_norm
 from deformvision.layers.window_attention import WindowAttention
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PositionEmbeddingSine",
     "SamplingPoints",
     "WindowAttention",
+    "apply_to_layer_norm",
     "directional_offset_bias",
     "linear_gelu_linear",
     "mask_to_level",

@@ -19,6 +19,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from deformvision.layers.linear import Linear
+from deformvision.layers.recomputed_attention import attention_probs, qk_backward, softmax_attention, softmax_backward
 
 
 def reference_points(height: int, width: int, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -34,6 +35,149 @@ def reference_points(height: int, width: int, batch: int, dtype: torch.dtype, de
     )
     ref = torch.stack((ref_y / height * 2 - 1, ref_x / width * 2 - 1), dim=-1)  # H, W, 2
     return ref[None].expand(batch, -1, -1, -1)
+
+
+def _bias_grid(pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Half the displacement from each query of a ``height x width`` grid to each sampled key, in (x, y) order.
+
+    ``pos``: ``(B*G, Hk, Wk, 2)`` (y, x) -> ``(B*G, H*W, Hk*Wk, 2)`` (x, y), the ``grid_sample`` grid that reads
+    the relative position table.
+    """
+    bg = pos.shape[0]
+    # (y, x) -> (x, y) and the halving on the small operands: the large grid is then made once, with the same
+    # values as ((q_grid - pos) * 0.5)[..., (1, 0)] (no gather over it)
+    q_xy = reference_points(height, width, bg, pos.dtype, pos.device)[..., (1, 0)] * 0.5  # B*G, H, W, 2
+    pos_xy = pos[..., (1, 0)] * 0.5  # B*G, Hk, Wk, 2
+    return q_xy.reshape(bg, -1, 1, 2) - pos_xy.reshape(bg, 1, -1, 2)  # B*G, HW, Ns, 2 (x, y)
+
+
+def _group_tables(table: torch.Tensor, batch: int, num_groups: int) -> torch.Tensor:
+    """The ``(heads, 2Hc-1, 2Wc-1)`` table per sample and group: ``(B*G, heads/G, 2Hc-1, 2Wc-1)``."""
+    expanded = table[None].expand(batch, -1, -1, -1)  # B, heads, 2Hc-1, 2Wc-1
+    return expanded.reshape(batch * num_groups, table.shape[0] // num_groups, *table.shape[1:])
+
+
+def _position_bias(table: torch.Tensor, pos: torch.Tensor, height: int, width: int, num_groups: int) -> torch.Tensor:
+    """Deformable relative position bias ``(B*G, heads/G, H*W, Ns)``: the table read bilinearly at the grid."""
+    tables = _group_tables(table, pos.shape[0] // num_groups, num_groups)
+    grid = _bias_grid(pos, height, width)
+    return F.grid_sample(tables, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+class _DeformableBiasAttention(torch.autograd.Function):
+    """``softmax(q k^T * scale + position_bias(table, pos)) v`` that keeps ``q, k, v, table, pos`` only.
+
+    The ``(B, heads, HW, Ns)`` bias, its ``(B*G, HW, Ns, 2)`` sampling grid and the probabilities are
+    recomputed in backward (autograd would keep the grid and the probabilities); gradients reach ``table``
+    and ``pos`` through ``grid_sampler_2d_backward``, as autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, pos, height, width, num_groups, scale):
+        # q: B, heads, HW, hd; k, v: B, heads, Ns, hd; table: heads, 2Hc-1, 2Wc-1; pos: B*G, Hk, Wk, 2 (y, x)
+        bias = _position_bias(table, pos, height, width, num_groups).view(*q.shape[:3], k.shape[2])
+        ctx.save_for_backward(q, k, v, table, pos)
+        ctx.args = height, width, num_groups, scale
+        return attention_probs(q, k, bias, scale) @ v  # B, heads, HW, hd
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, table, pos = ctx.saved_tensors
+        height, width, num_groups, scale = ctx.args
+        b, heads, hw, num_keys = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        tables = _group_tables(table, b, num_groups)  # B*G, heads/G, 2Hc-1, 2Wc-1
+        grid = _bias_grid(pos, height, width)  # B*G, HW, Ns, 2 (x, y)
+        bias = F.grid_sample(tables, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # recomputed
+        grad_logits, grad_v = softmax_backward(
+            grad_out, q, k, v, bias.view(b, heads, hw, num_keys), scale, ctx.needs_input_grad[2]
+        )  # grad_logits: B, heads, HW, Ns (= the bias's gradient)
+        del bias
+        grad_table = grad_pos = None
+        need_table, need_pos = ctx.needs_input_grad[3:5]
+        if need_table or need_pos:
+            grad_tables, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                grad_logits.view(b * num_groups, heads // num_groups, hw, num_keys),
+                tables,
+                grid,
+                0,  # bilinear
+                0,  # zeros padding
+                True,  # align_corners
+                [need_table, need_pos],
+            )
+            if need_table:  # B*G, heads/G, ... -> heads, ...
+                grad_table = grad_tables.reshape(b, heads, *table.shape[1:]).sum(0)
+            if need_pos:  # grid = ((q_grid - pos) * 0.5)[..., (1, 0)]
+                grad_displacement = grad_grid[..., (1, 0)] * 0.5  # B*G, HW, Ns, 2 (y, x)
+                grad_pos = (-grad_displacement).sum(1).view(pos.shape)
+        grad_q, grad_k = qk_backward(grad_logits, q, k, scale, ctx.needs_input_grad[:2])
+        return grad_q, grad_k, grad_v, grad_table, grad_pos, None, None, None, None
+
+
+class _OffsetNetwork(torch.autograd.Function):
+    """The offset network ``conv1x1(gelu(layer_norm(dwconv(q_groups))))`` keeping only its input ``q``.
+
+    Autograd would keep the grouped copy of ``q``, the depthwise conv output, the LayerNorm output and the GELU
+    output: four ``(B*G, C/G, Hk, Wk)`` tensors per call. Here only ``q`` is kept (the attention keeps it anyway)
+    with the LayerNorm's statistics; the chain is recomputed in backward and differentiated with the aten
+    backward kernels autograd uses (``convolution_backward``, ``native_layer_norm_backward``, ``gelu_backward``).
+    """
+
+    @staticmethod
+    def forward(ctx, q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight, num_groups, stride, padding, eps):
+        # q: B, C, H, W (any strides); dw_weight: C/G, 1, k, k; ln_*: C/G; pw_weight: 2, C/G, 1, 1
+        ctx.save_for_backward(q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight)
+        ctx.args = num_groups, stride, padding, eps
+        return _offset_chain(q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight, num_groups, stride, padding, eps)[-1]
+
+    @staticmethod
+    def backward(ctx, grad_offset):
+        q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight = ctx.saved_tensors
+        num_groups, stride, padding, eps = ctx.args
+        needs = ctx.needs_input_grad
+        q_groups, a0, a1, mean, rstd, a2, _ = _offset_chain(
+            q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight, num_groups, stride, padding, eps
+        )  # recomputed
+        gc = q_groups.shape[1]
+        grad_a2, grad_pw, _ = torch.ops.aten.convolution_backward(
+            grad_offset, a2, pw_weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, needs[5], False]
+        )  # B*G, C/G, Hk, Wk
+        del a2
+        grad_a1 = torch.ops.aten.gelu_backward(grad_a2.permute(0, 2, 3, 1), a1)  # B*G, Hk, Wk, C/G
+        del grad_a2, a1
+        grad_a0, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
+            grad_a1, a0, [gc], mean, rstd, ln_weight, ln_bias, [True, needs[3], needs[4]]
+        )  # B*G, Hk, Wk, C/G
+        del grad_a1, a0
+        grad_q_groups, grad_dw, grad_dw_bias = torch.ops.aten.convolution_backward(
+            grad_a0.permute(0, 3, 1, 2),
+            q_groups,
+            dw_weight,
+            None if dw_bias is None else [gc],
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            False,
+            [0, 0],
+            gc,
+            [needs[0], needs[1], needs[2] and dw_bias is not None],
+        )  # B*G, C/G, H, W
+        grad_q = None if grad_q_groups is None else grad_q_groups.reshape(q.shape)
+        return grad_q, grad_dw, grad_dw_bias, grad_ln_weight, grad_ln_bias, grad_pw, None, None, None, None
+
+
+def _offset_chain(q, dw_weight, dw_bias, ln_weight, ln_bias, pw_weight, num_groups, stride, padding, eps):
+    """The offset network's forward, every intermediate returned (see :class:`_OffsetNetwork`).
+
+    Returns ``q_groups (B*G, C/G, H, W)``, the depthwise conv output channels last ``(B*G, Hk, Wk, C/G)``, the
+    LayerNorm output, its mean and rstd, the GELU output ``(B*G, C/G, Hk, Wk)`` (channels-last strides) and the
+    offsets ``(B*G, 2, Hk, Wk)``.
+    """
+    b, c, h, w = q.shape
+    q_groups = q.reshape(b * num_groups, c // num_groups, h, w)  # B*G, C/G, H, W
+    a0 = F.conv2d(q_groups, dw_weight, dw_bias, stride, padding, groups=q_groups.shape[1]).permute(0, 2, 3, 1)
+    a1, mean, rstd = torch.native_layer_norm(a0, [a0.shape[-1]], ln_weight, ln_bias, eps)  # B*G, Hk, Wk, C/G
+    a2 = F.gelu(a1).permute(0, 3, 1, 2)  # B*G, C/G, Hk, Wk
+    return q_groups, a0, a1, mean, rstd, a2, F.conv2d(a2, pw_weight)
 
 
 @dataclass
@@ -160,8 +304,7 @@ class DeformableAttention(nn.Module):
     def sampling_points(self, q: torch.Tensor) -> SamplingPoints:
         """Deformed positions ``(B*G, Hk, Wk, 2)`` and references (y, x) from the queries ``(B, C, H, W)``."""
         b = q.shape[0]
-        q_groups = q.reshape(b * self.num_groups, self.group_dim, *q.shape[2:])  # B*G, C/G, H, W
-        offset = self.conv_offset(q_groups)  # B*G, 2, Hk, Wk
+        offset = self._offsets(q)  # B*G, 2, Hk, Wk
         hk, wk = offset.shape[2:]
         if self.offset_range_factor > 0:
             # As the official code: [1/Hk, 1/Wk] rounded to float32, also in float64 runs.
@@ -177,26 +320,43 @@ class DeformableAttention(nn.Module):
             pos = torch.tanh(offset + ref)
         return SamplingPoints(pos, ref)
 
+    def _offsets(self, q: torch.Tensor) -> torch.Tensor:
+        """``conv_offset`` on each group's query channels: ``(B, C, H, W)`` -> ``(B*G, 2, Hk, Wk)``; when training
+        (without autocast) through :class:`_OffsetNetwork`, which keeps only ``q`` for backward."""
+        conv, norm, _, pw = self.conv_offset
+        plain = (
+            not torch.is_grad_enabled()
+            or torch.is_autocast_enabled(q.device.type)
+            or getattr(norm, "_fast_norm", False)
+            or not any(t.requires_grad for t in (q, *self.conv_offset.parameters()))
+        )
+        if plain:
+            return self.conv_offset(q.reshape(q.shape[0] * self.num_groups, self.group_dim, *q.shape[2:]))
+        stride, padding = conv.stride[0], conv.padding[0]
+        return _OffsetNetwork.apply(
+            q, conv.weight, conv.bias, norm.weight, norm.bias, pw.weight, self.num_groups, stride, padding, norm.eps
+        )
+
     def position_bias(self, pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Deformable relative position bias ``(B*heads, H*W, Ns)`` for positions ``(B*G, Hk, Wk, 2)``.
 
         The displacement from each query to each sampled key, halved so that it spans [-1, 1], reads
         the table of its group's heads bilinearly.
         """
-        bg = pos.shape[0]
-        b = bg // self.num_groups
-        heads_per_group = self.num_heads // self.num_groups
-        # (y, x) -> (x, y), the order grid_sample reads, and the halving, on the small operands: the large
-        # displacement tensor is then made once, with the same values as (q_grid - pos) * 0.5 reordered
-        q_xy = reference_points(height, width, bg, pos.dtype, pos.device)[..., (1, 0)] * 0.5  # B*G, H, W, 2
-        pos_xy = pos[..., (1, 0)] * 0.5  # B*G, Hk, Wk, 2
-        displacement = q_xy.reshape(bg, -1, 1, 2) - pos_xy.reshape(bg, 1, -1, 2)  # B*G, HW, Ns, 2 (x, y)
-        table = self.rpe_table[None].expand(b, -1, -1, -1)  # B, heads, 2Hc-1, 2Wc-1
-        table = table.reshape(bg, heads_per_group, *self.rpe_table.shape[1:])  # B*G, heads/G, ...
-        bias = F.grid_sample(
-            table, displacement, mode="bilinear", padding_mode="zeros", align_corners=True
-        )  # B*G, heads/G, HW, Ns
+        bias = _position_bias(self.rpe_table, pos, height, width, self.num_groups)  # B*G, heads/G, HW, Ns
+        b = pos.shape[0] // self.num_groups
         return bias.reshape(b * self.num_heads, height * width, -1)
+
+    def _plain_bias(self, batch: int, height: int, width: int) -> torch.Tensor | None:
+        """The bias that is not the deformable position bias: the ``fixed_pe`` table (at ``fmap_size`` only)."""
+        if self.rpe_table is None or self.dwc_pe or not self.fixed_pe:
+            return None
+        if (height, width) != self.fmap_size:
+            raise ValueError(
+                f"fixed_pe deformable attention only runs at its construction size {self.fmap_size}, "
+                f"got {(height, width)}"
+            )
+        return self.rpe_table[None].expand(batch, -1, -1, -1)  # B, heads, HW, Ns
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints]:
         b, h, w, c = x.shape
@@ -218,30 +378,33 @@ class DeformableAttention(nn.Module):
                 padding_mode="zeros",
                 align_corners=True,
             )  # B*G, C/G, Hk, Wk
-        x_sampled = x_sampled.reshape(b, c, num_keys).transpose(1, 2)  # B, Ns, C
+        # one contiguous copy that proj_k and proj_v share (each would otherwise copy and keep its own)
+        x_sampled = x_sampled.reshape(b, c, num_keys).transpose(1, 2).contiguous()  # B, Ns, C
 
         q = q.reshape(b, h * w, heads, hd).transpose(1, 2)  # B, heads, HW, hd
         k = self.proj_k(x_sampled).view(b, num_keys, heads, hd).transpose(1, 2)  # B, heads, Ns, hd
         v = self.proj_v(x_sampled).view(b, num_keys, heads, hd).transpose(1, 2)  # B, heads, Ns, hd
 
-        bias = None  # added to the logits q k^T / sqrt(hd): B, heads, HW, Ns
-        if self.rpe_table is not None and not self.dwc_pe:
-            if self.fixed_pe:
-                if (h, w) != self.fmap_size:
-                    raise ValueError(
-                        f"fixed_pe deformable attention only runs at its construction size {self.fmap_size}, "
-                        f"got {(h, w)}"
-                    )
-                bias = self.rpe_table[None].expand(b, -1, -1, -1)
+        dropout = self.training and self.attn_drop.p > 0
+        deformable_bias = self.rpe_table is not None and not self.dwc_pe and not self.fixed_pe
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, pos, *self.parameters()))
+        if self.fused_attn and needs_grad and not dropout and not torch.is_autocast_enabled(x.device.type):
+            # Training: keep no probabilities (nor the position bias and its grid) for backward; recompute them.
+            if deformable_bias:
+                out = _DeformableBiasAttention.apply(q, k, v, self.rpe_table, pos, h, w, g, self.scale)
             else:
-                bias = self.position_bias(pos, h, w).view(b, heads, h * w, num_keys)
-        if self.fused_attn:  # softmax(q k^T * scale + bias) v; the (HW, Ns) probabilities are not kept for backward
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
-            )  # B, heads, HW, hd
+                out = softmax_attention(q, k, v, self._plain_bias(b, h, w), self.scale)
         else:
-            logits = q @ k.transpose(-2, -1) * self.scale  # B, heads, HW, Ns
-            out = self.attn_drop((logits if bias is None else logits + bias).softmax(-1)) @ v
+            bias = self.position_bias(pos, h, w).view(b, heads, h * w, num_keys) if deformable_bias else None
+            if bias is None:
+                bias = self._plain_bias(b, h, w)
+            if self.fused_attn:  # softmax(q k^T * scale + bias) v (inference, or attention dropout, or autocast)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+                )  # B, heads, HW, hd
+            else:
+                logits = q @ k.transpose(-2, -1) * self.scale  # B, heads, HW, Ns
+                out = self.attn_drop((logits if bias is None else logits + bias).softmax(-1)) @ v
         out = out.transpose(1, 2).reshape(b, h, w, c)  # B, H, W, C
         if self.rpe_table is not None and self.dwc_pe:  # depthwise-conv position encoding of the queries
             out = out + self.rpe_table(q.transpose(2, 3).reshape(b, c, h, w)).permute(0, 2, 3, 1)

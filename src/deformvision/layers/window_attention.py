@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deformvision.layers.linear import Linear
+from deformvision.layers.recomputed_attention import qkv_attention
 
 # Added to the attention logits of token pairs in different shift regions (Swin's value). Finite,
 # so that a padded query whose window holds only padding still gets a well-defined softmax.
@@ -154,26 +155,36 @@ class WindowAttention(nn.Module):
 
         windows = window_partition(x, ws)  # B*nW, N, C with N = w*w
         n, heads = windows.shape[1], self.num_heads
-        qkv = self.qkv(windows).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # 3, B*nW, heads, N, hd
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(windows)  # B*nW, N, 3C
         bias = self.relative_position_bias()[None]  # 1, heads, N, N
         mask = window_attention_mask(h, w, ws, s, device=x.device)
-        if mask is not None:
-            # Fold the windows into the head dimension so that the per-window mask broadcasts over the
-            # batch: (B, nW * heads, N, *) with a (1, nW * heads, N, N) bias.
-            num_windows = mask.shape[0]
-            q, k, v = (t.reshape(b, num_windows * heads, n, -1) for t in (q, k, v))
-            bias = (bias + mask.to(bias.dtype)[:, None]).reshape(1, num_windows * heads, n, n)
-        # softmax(q k^T * scale + bias) v. When the bias needs a gradient, SDPA on CPU falls back to its math
-        # kernel, which keeps as much as the explicit form but is slower (~8% on DAT-T's first stage), so the
-        # fused kernel is only used when no gradient flows into the bias (inference).
-        if self.fused_attn and not (torch.is_grad_enabled() and bias.requires_grad):
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
-            )
+        dropout = self.training and self.attn_drop.p > 0
+        needs_grad = torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
+        if self.fused_attn and needs_grad and not dropout and not torch.is_autocast_enabled(x.device.type):
+            # Training: keep neither the probabilities nor qkv for backward; both are recomputed from the windows,
+            # which self.qkv keeps anyway. The windows are split off the batch so that the per-window mask
+            # broadcasts: (B, nW, heads, N, N) logits.
+            if mask is not None:
+                bias = bias[0] + mask.to(bias.dtype)[:, None]  # nW, heads, N, N
+            out = qkv_attention(qkv, windows, self.qkv.weight, self.qkv.bias, bias, self.scale, b, heads)  # B*nW, N, C
         else:
-            out = self.attn_drop((q @ k.transpose(-2, -1) * self.scale + bias).softmax(-1)) @ v
-        out = out.reshape(-1, heads, n, c // heads).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
+            q, k, v = qkv.view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)  # B*nW, heads, N, hd
+            if mask is not None:
+                # Fold the windows into the head dimension so that the per-window mask broadcasts over the
+                # batch: (B, nW * heads, N, *) with a (1, nW * heads, N, N) bias.
+                num_windows = mask.shape[0]
+                q, k, v = (t.reshape(b, num_windows * heads, n, -1) for t in (q, k, v))
+                bias = (bias + mask.to(bias.dtype)[:, None]).reshape(1, num_windows * heads, n, n)
+            # softmax(q k^T * scale + bias) v. When the bias needs a gradient (training under autocast or with
+            # attention dropout), SDPA on CPU falls back to its math kernel, which keeps as much as the explicit
+            # form but is slower (~8% on DAT-T's first stage): the explicit form is used then.
+            if self.fused_attn and not (torch.is_grad_enabled() and bias.requires_grad):
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+                )
+            else:
+                out = self.attn_drop((q @ k.transpose(-2, -1) * self.scale + bias).softmax(-1)) @ v
+            out = out.reshape(-1, heads, n, c // heads).transpose(1, 2).reshape(-1, n, c)  # B*nW, N, C
         out = self.proj_drop(self.proj(out))
 
         x = window_reverse(out, ws, padded_h, padded_w)  # B, Hp, Wp, C

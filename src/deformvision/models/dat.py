@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from deformvision._checks import check_bool, check_int, check_ints, check_rate
 from deformvision.layers import DeformableAttention, Linear, SamplingPoints, WindowAttention, linear_gelu_linear
+from deformvision.layers.recomputed_norm import apply_to_layer_norm
 from deformvision.models._dat_official import fit_dat_state_dict
 from deformvision.models._registry import build_model, register_model
 from deformvision.ops.linear import linear
@@ -56,7 +57,9 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
-    One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code.
+    One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code. In training the
+    normalised tensors are recomputed in backward rather than kept by attn and the MLP
+    (:func:`~deformvision.layers.apply_to_layer_norm`).
 
     Shape:
         - Input: ``(B, H, W, C)`` (channels last)
@@ -72,12 +75,13 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints | None]:
+        # Training: the normalised tensors are recomputed in backward instead of kept by attn and the MLP.
         points = None
-        y = self.attn(self.norm1(x))
+        y = apply_to_layer_norm(self.norm1, x, self.attn)
         if isinstance(y, tuple):  # deformable attention also returns its sampling points
             y, points = y
         x = x + self.drop_path(y)
-        return x + self.drop_path(self._mlp(self.norm2(x))), points
+        return x + self.drop_path(apply_to_layer_norm(self.norm2, x, self._mlp)), points
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """``self.mlp(x)``. Without dropout or autocast it is computed from the MLP's weights (forward hooks
