@@ -115,16 +115,17 @@ def _corner_rows(shapes: list[tuple[int, int]], N: int, M: int, lower: Tensor) -
     padded_starts = [sum(h * w for h, w in padded[:level]) for level in range(L)]
     row_length = torch.tensor([w for _, w in padded], dtype=index_dtype).repeat_interleave(P)  # (K,)
     origin = torch.tensor(padded_starts, dtype=index_dtype).repeat_interleave(P) + row_length + 1  # (K,)
+    batch_start = torch.arange(N, dtype=index_dtype).view(N, 1, 1, 1) * (padded_total * M)  # (N, 1, 1, 1)
+    head = torch.arange(M, dtype=index_dtype).view(1, 1, M, 1)  # (1, 1, M, 1)
+    first_row = batch_start + head + origin * M  # (N, 1, M, K) row of pixel (0, 0) of each point's level
+    step_y = row_length * M  # (K,) one row down
     rows = torch.empty(B, 2, 2, K, dtype=index_dtype)
     lower_index = rows[:, 0]  # (B, 2, K) the integer coordinates (x; y), until corner row (0, *) is written
     lower_index.copy_(lower)
     base = rows[:, 1, 1]  # (B, K) row of corner (0, 0), until corner (1, 1) is written last
-    torch.mul(lower_index[:, 1], row_length, out=base)
-    base.add_(lower_index[:, 0]).add_(origin)  # (B, K) position in the padded maps
-    batch_start = torch.arange(N, dtype=index_dtype).view(N, 1, 1, 1) * (padded_total * M)  # (N, 1, 1, 1)
-    batch_head = batch_start + torch.arange(M, dtype=index_dtype).view(1, 1, M, 1)  # (N, 1, M, 1)
-    base.view(N, -1, M, K).mul_(M).add_(batch_head)  # (N, Lq, M, K) view of base
-    step_y = row_length * M  # (K,) one row down
+    torch.mul(lower_index[:, 1], step_y, out=base)
+    base.add_(lower_index[:, 0], alpha=M)
+    base.view(N, -1, M, K).add_(first_row)  # (N, Lq, M, K) view of base
     torch.add(base, M, out=rows[:, 0, 1])
     rows[:, 0, 0].copy_(base)
     torch.add(base, step_y, out=rows[:, 1, 0])
