@@ -2,10 +2,16 @@
 
 All levels are sampled with one ``F.embedding_bag`` over a value table in which every level is bordered by one
 row/column of zeros: each point's four bilinear corners become four table rows whose weights (bilinear weight
-times attention weight) are precomputed, and taps outside the map read the zero border. The backward recomputes
-the taps, gets the tap-weight gradients from one sampled dense-dense product (``torch.sparse.sampled_addmm``),
-the value gradient by sorting the taps or the points by table row and gathering with ``F.embedding_bag`` again
-(no serial scatter), and applies the chain rule to the locations and attention weights by hand.
+times attention weight) are precomputed, and taps outside the map read the zero border. With few taps per
+table row (few queries, like the decoder's) copying the values into that table would cost more than the
+sampling: the taps' rows are translated to rows of the values instead, and the border taps dropped. The
+backward recomputes the taps, gets the tap-weight gradients from one sampled dense-dense product
+(``torch.sparse.sampled_addmm``), the value gradient by sorting the taps or the points by table row and
+gathering with ``F.embedding_bag`` again (no serial scatter), and applies the chain rule to the locations and
+attention weights by hand.
+
+Fresh large tensors cost page faults (the CPU allocator returns big blocks to the system), more than the
+arithmetic on them at these sizes: intermediates live in spent buffers and the arithmetic works in place.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class _Taps(NamedTuple):
     """
 
     extent: Tensor  # (2, K) width (row 0) and height (row 1) of each point's level
-    axis_weights: Tensor  # (B, 2, 2, K) [axis, corner] linear weights (1 - frac, frac)
+    frac: Tensor  # (B, 2, K) (fx; fy) the fractional part of the clamped pixel coordinate: corner 1's weight
     tap_weights: Tensor  # (B, 2, 2, K) [cy, cx] weight of each corner: attention * wy * wx
     rows: Tensor  # (B, 2, 2, K) [cy, cx] row of the corner in the (N * S' * M, D) table
     outside: Tensor | None  # (B, 2, K) pixel coordinate outside [-1, size) or NaN; only with for_backward
@@ -64,9 +70,8 @@ def _bilinear_taps(
 ) -> _Taps:
     """Table rows and weights of every point's four corners (and, ``for_backward``, the clamped-away points).
 
-    Every large temporary costs page faults (the CPU allocator returns big blocks to the system, and a fresh
-    one costs more than the arithmetic on it), so only the four results are allocated: the intermediates live
-    in slots of them that are written last, and the arithmetic works in place.
+    Only the results are allocated (fresh tensors cost page faults): the intermediates live in slots of them
+    that are written last.
     """
     N, Lq, M, L, P, _ = sampling_locations.shape
     B, K = N * Lq * M, L * P
@@ -74,8 +79,7 @@ def _bilinear_taps(
 
     sizes_hw = torch.tensor(shapes, dtype=dtype).view(L, 2)  # (L, 2) rows (H, W)
     extent = sizes_hw.flip(1).t().repeat_interleave(P, dim=1)  # (2, K): W of each point (row 0), H (row 1)
-    axis_weights = torch.empty(B, 2, 2, K, dtype=dtype)  # [axis, corner]: (1 - frac, frac)
-    lower, frac = axis_weights.unbind(2)  # (B, 2, K) each; `lower` holds floor(coordinate) until the end
+    frac = torch.empty(B, 2, K, dtype=dtype)  # (x; y)
     # always a copy into our own buffer: the in-place arithmetic below must not write into the caller's locations
     frac.copy_(sampling_locations.reshape(B, K, 2).transpose(1, 2))  # (B, 2, K) locations (x; y)
     frac.mul_(extent).sub_(0.5)  # grid_sample's align_corners=False pixel coordinate
@@ -85,19 +89,29 @@ def _bilinear_taps(
     # Clamp to [-1, size], NaN to -1 (nan_to_num_ and clamp_ are vectorised, fmax is not). Between -1 and size
     # the corners stay within the zero border, so every point outside the map (or non-finite) samples zeros.
     frac.nan_to_num_(nan=-1.0).clamp_(frac.new_tensor(-1.0), extent)  # the clamped coordinate
+    tap_weights = torch.empty(B, 2, 2, K, dtype=dtype)  # [cy, cx]
+    lower = tap_weights[:, 0]  # (B, 2, K) floor(coordinate) (x; y), until the weights of corners (0, *) are written
     torch.floor(frac, out=lower)
     torch.minimum(lower, extent - 1, out=lower)  # in [-1, size - 1]
     frac.sub_(lower)  # in [0, 1]
-
     rows = _corner_rows(shapes, N, M, lower)  # (B, 2, 2, K)
-    torch.sub(1.0, frac, out=lower)  # lower = 1 - frac: the weights are complete
-    wx, wy = axis_weights.unbind(1)  # (B, 2, K) each, [corner]
-    tap_weights = torch.empty(B, 2, 2, K, dtype=dtype)  # [cy, cx]
-    weighted_y = tap_weights[:, :, 1]  # (B, 2, K) [cy] attention * wy, until the last multiplication
-    torch.mul(wy, attention_weights.reshape(B, 1, K), out=weighted_y)
-    torch.mul(weighted_y, wx[:, None, 0], out=tap_weights[:, :, 0])
-    weighted_y.mul_(wx[:, None, 1])
-    return _Taps(extent, axis_weights, tap_weights, rows, outside)
+    _corner_weights(frac, attention_weights.reshape(B, K), out=tap_weights)
+    return _Taps(extent, frac, tap_weights, rows, outside)
+
+
+def _corner_weights(frac: Tensor, attention: Tensor, out: Tensor) -> None:
+    """Tap weights out[:, cy, cx] = attention * wy[cy] * wx[cx], with (w0, w1) = (1 - f, f) along each axis.
+
+    frac: (B, 2, K) (fx; fy); attention: (B, K); out: (B, 2, 2, K), written in place.
+    """
+    fx, fy = frac.unbind(1)  # (B, K) each
+    weighted_y = out[:, :, 1]  # (B, 2, K) [cy] attention * wy[cy], until the last multiplication
+    torch.mul(attention, fy, out=weighted_y[:, 1])
+    torch.sub(1.0, fy, out=weighted_y[:, 0]).mul_(attention)
+    torch.sub(1.0, fx, out=out[:, 0, 0])
+    out[:, 1, 0].copy_(out[:, 0, 0])
+    out[:, :, 0].mul_(weighted_y)  # [cy] wx[0] * attention * wy[cy]
+    weighted_y.mul_(fx[:, None, :])
 
 
 def _corner_rows(shapes: list[tuple[int, int]], N: int, M: int, lower: Tensor) -> Tensor:
@@ -270,8 +284,9 @@ def _grad_value_by_first_corner(
 def _grad_tap_weights(rows: Tensor, grad_out: Tensor, table: Tensor, out: Tensor) -> Tensor:
     """d loss / d tap weight = <grad_out[query], table[row]>: a dense-dense product sampled at the taps.
 
-    rows: (B, 2, 2, K) table rows of the taps; grad_out: (B, D); table: (N*S'*M, D); out: (B, 2, 2, K), a
-    buffer that is no longer needed (a fresh one would cost page faults), overwritten and returned.
+    rows: (B, 2, 2, K) rows of the taps in table: (R, D), the padded table or the values; grad_out: (B, D);
+    out: (B, 2, 2, K), a buffer that is no longer needed (a fresh one would cost page faults), overwritten and
+    returned.
     """
     B = rows.shape[0]
     taps_per_query = rows[0].numel()
@@ -284,7 +299,7 @@ def _grad_tap_weights(rows: Tensor, grad_out: Tensor, table: Tensor, out: Tensor
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         pattern = torch.sparse_csr_tensor(
             crow, rows.view(-1), out.view(-1).zero_(), size=(B, table.shape[0]), check_invariants=False
-        )  # (B, N*S'*M)
+        )  # (B, R)
         # in place (out=pattern) spares a copy of the pattern; beta=0 still multiplies the old values (a NaN
         # would stay), hence the zeros
         torch.sparse.sampled_addmm(pattern, grad_out, table.t(), beta=0.0, out=pattern)
@@ -294,23 +309,22 @@ def _grad_tap_weights(rows: Tensor, grad_out: Tensor, table: Tensor, out: Tensor
 def _chain_rule(taps: _Taps, grad_taps: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
     """(B, K, 2) location and (B, K) attention gradients from the (B, 2, 2, K) [cy, cx] tap-weight gradients g.
 
-    tap_weights[cy, cx] = attention * wy[cy] * wx[cx] with (w0, w1) = (1 - f, f) along each axis, so
-    d/d fx = attention * sum_cy wy[cy] * (g[cy, 1] - g[cy, 0]), d/d fy = attention * (by_y[1] - by_y[0]) and
-    d/d attention = sum_cy wy[cy] * by_y[cy], where by_y[cy] = sum_cx wx[cx] * g[cy, cx] = g[cy, 0] + fx *
-    (g[cy, 1] - g[cy, 0]). Works in place in grad_taps.
+    tap_weights[cy, cx] = attention * wy[cy] * wx[cx] with (w0, w1) = (1 - f, f) along each axis. With
+    by_y[cy] = sum_cx wx[cx] * g[cy, cx] = g[cy, 0] + fx * (g[cy, 1] - g[cy, 0]): d/d fy = attention * (by_y[1]
+    - by_y[0]), d/d attention = sum_cy wy[cy] * by_y[cy] = by_y[0] + fy * (by_y[1] - by_y[0]), and with
+    across[cy] = g[cy, 1] - g[cy, 0]: d/d fx = attention * (across[0] + fy * (across[1] - across[0])).
+    Works in place in grad_taps.
     """
     B, _, _, K = grad_taps.shape
-    wx, wy = taps.axis_weights.unbind(1)  # (B, 2, K) each, [corner]
-    by_y, across_x = grad_taps.unbind(2)  # (B, 2, K) each, [cy]: g[cy, 0] and g[cy, 1] until overwritten
-    across_x.sub_(by_y)  # g[cy, 1] - g[cy, 0]
-    by_y.addcmul_(across_x, wx[:, None, 1])  # sum_cx wx[cx] * g[cy, cx]
-    across_x.mul_(wy)  # wy[cy] * (g[cy, 1] - g[cy, 0])
-    grad_attention = by_y[:, 0] * wy[:, 0]  # (B, K)
-    grad_attention.addcmul_(by_y[:, 1], wy[:, 1])
-
+    fx, fy = taps.frac.unbind(1)  # (B, K) each
+    by_y, across = grad_taps.unbind(2)  # (B, 2, K) each, [cy]: g[cy, 0] and g[cy, 1] until overwritten
+    across.sub_(by_y)
+    by_y.addcmul_(across, fx[:, None, :])
     grad_frac = by_y  # (B, 2, K) d/d fx; d/d fy, written over by_y
-    grad_frac[:, 1].sub_(by_y[:, 0])
-    torch.add(across_x[:, 0], across_x[:, 1], out=grad_frac[:, 0])
+    grad_frac[:, 1].sub_(by_y[:, 0])  # by_y[1] - by_y[0]
+    grad_attention = torch.addcmul(by_y[:, 0], grad_frac[:, 1], fy)  # (B, K)
+    across[:, 1].sub_(across[:, 0])
+    torch.addcmul(across[:, 0], across[:, 1], fy, out=grad_frac[:, 0])
     grad_frac.mul_(attention[:, None, :])
     # frac moves with the pixel coordinate only strictly inside the clamp range; d pixel / d loc = size
     grad_frac.masked_fill_(taps.outside, 0.0).mul_(taps.extent)
@@ -338,6 +352,7 @@ def cpu_backward(
     taps = _bilinear_taps(shapes, sampling_locations.to(dtype), attention, for_backward=True)
     grad_out = grad_output.to(dtype).reshape(B, D).contiguous()  # (B, D)
     grad_value = _grad_value(taps, grad_out, shapes, value.shape)  # (N, S, M, D)
+    # the tap weights are spent: their buffer takes the tap-weight gradients
     if _few_taps(taps, shapes, value.shape):
         rows, inside = _unpadded_taps(taps, shapes, value.shape)  # (B, 2, 2, K) each
         grad_taps = _grad_tap_weights(rows, grad_out, value.to(dtype).reshape(-1, D), out=taps.tap_weights)
