@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from msda_float64_loop import msda_loop_forward_backward
 
 from deformvision.ops import ms_deform_attn
+from deformvision.ops.msda import cpu as msda_cpu
 
 FAR = [3e38, -3e38, 1e10, -1e10, 2.5, -1.5, float("nan"), float("inf"), float("-inf")]
 
@@ -62,6 +63,20 @@ def test_backend_equals_float64_loop(backend, inputs):
     for name, result, want in zip(("output", "value", "locations", "weights"), results, expected, strict=True):
         assert result.shape == want.shape, name
         torch.testing.assert_close(result, want, rtol=1e-10, atol=1e-10, msg=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("taps_per_row", [0.0, float("inf")], ids=["padded table", "values in place"])
+@settings(max_examples=40, deadline=None)
+@given(inputs=msda_inputs())
+def test_cpu_table_layouts_equal_float64_loop(taps_per_row, inputs):
+    """The CPU backend reads a zero-bordered copy of the values or, with few taps per row, the values in place
+    (the random small shapes mostly pick the latter): both ways, forced, against the loop."""
+    expected = msda_loop_forward_backward(*inputs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(msda_cpu, "_SPARSE_TAPS_PER_ROW", taps_per_row)
+        results = backend_forward_backward("cpu", *inputs)
+    for name, result, want in zip(("output", "value", "locations", "weights"), results, expected, strict=True):
+        torch.testing.assert_close(result, want, rtol=1e-10, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
