@@ -3,10 +3,12 @@ the official code.
 
 Times: per batch size and pass, every implementation is built in one fresh process and they take turns
 for ``repeats`` rounds after a warm-up (a busy machine slows them alike); the table gives the median and the
-range. Peak memory: each implementation in a fresh process of its own, over a first and a second step
-(CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident memory above what it held before
-the first step). With ``compile`` our model also runs through ``torch.compile`` (Inductor); its first call,
-which compiles, is reported on its own (its CPU peak memory, a process peak, includes the compilation).
+range. Peak memory: each implementation in a fresh process of its own; the peak of live tensors during a
+second step (:func:`~deformvision.bench.measure.peak_memory`, the analogue of CUDA's
+``max_memory_allocated``) and, in brackets, the process's peak resident memory over the first two steps,
+which also counts what the C allocator holds after frees (on CPU it varies from run to run with the heap's
+fragmentation). With ``compile`` our model also runs through ``torch.compile`` (Inductor); its first call,
+which compiles, is reported on its own.
 
 The official implementation (LeapLabTHU/DAT, v1 at 566a593) is not part of deformvision: ``official_repo``
 points at a checkout of it, timed with the same configuration.
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deformvision.bench.measure import check_device, check_repeats, round_times, sync
+from deformvision.bench.measure import check_device, check_repeats, peak_memory, round_times, sync
 from deformvision.models import create_model
 
 OFFICIAL_CONFIGS = {  # the official constructor arguments of the registered variants (configs/*.yaml)
@@ -143,24 +145,23 @@ def interleaved_times(
 def peak_and_first_call(
     impl: str, model_name: str, batch: int, mode: str, device: str, official_repo: str | None, threads: int
 ) -> dict[str, float]:
-    """The peak memory (bytes) of a first and a second step of one implementation, and the first call's seconds."""
+    """One implementation's peak memory (bytes) and its first call's seconds.
+
+    ``peak``: the live-tensor peak of a second step (:func:`~deformvision.bench.measure.peak_memory`: CUDA
+    ``max_memory_allocated``, CPU the allocator's live bytes). ``rss``: the process's peak resident memory over
+    the first two steps above what it held before them (CPU; on CUDA the same as ``peak``), which also counts
+    what the C allocator keeps after frees.
+    """
     torch.set_num_threads(threads)
     step = make_step(build(impl, model_name, official_repo).to(device), batch, mode, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
     rss_before = current_rss()
     start = time.perf_counter()
     step()  # warm-up (compiled: compiles)
     sync(device)
     first = time.perf_counter() - start
-    step()
-    sync(device)
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    return {"peak": peak, "first": first}
+    peak = peak_memory(step, device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before if device == "cpu" else peak
+    return {"peak": peak, "rss": rss, "first": first}
 
 
 def in_new_process(fn: Callable, *args: object) -> object:
@@ -193,10 +194,11 @@ def run(
     impls = ["ours"] + (["ours compiled"] if compiled else []) + (["official"] if official_repo else [])
     print(
         f"{model} at 224x224 on {device} (torch {torch.__version__}, {threads} threads, median of {repeats} "
-        f"interleaved rounds, min-max in brackets; peak memory of each in its own process)\n"
+        f"interleaved rounds, min-max in brackets; peak memory of live tensors (process peak RSS) of each in its own "
+        f"process)\n"
     )
-    header = "| batch | pass |" + "".join(f" {impl} ms | {impl} peak MiB |" for impl in impls)
-    header += "".join(f" ratio {impl}/ours |" for impl in impls[1:])
+    header = "| batch | pass |" + "".join(f" {impl} ms | {impl} peak MiB (RSS) |" for impl in impls)
+    header += "".join(f" time {impl}/ours | peak ours/{impl} |" for impl in impls[1:])
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     first_calls = []
@@ -213,8 +215,9 @@ def run(
             line = f"| {batch} | {mode} |"
             for impl, impl_times, median in zip(impls, times, medians, strict=True):
                 spread = f"{median * 1e3:.1f} ({min(impl_times) * 1e3:.0f}-{max(impl_times) * 1e3:.0f})"
-                line += f" {spread} | {peaks[impl]['peak'] / 2**20:.0f} |"
-            line += "".join(f" {median / medians[0]:.2f} |" for median in medians[1:])
+                line += f" {spread} | {peaks[impl]['peak'] / 2**20:.0f} ({peaks[impl]['rss'] / 2**20:.0f}) |"
+            for impl, median in zip(impls[1:], medians[1:], strict=True):
+                line += f" {median / medians[0]:.2f} | {peaks['ours']['peak'] / peaks[impl]['peak']:.2f} |"
             print(line, flush=True)
             if compiled:
                 first_calls.append(f"batch {batch} {mode}: {peaks['ours compiled']['first']:.1f} s")
