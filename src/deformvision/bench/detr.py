@@ -77,7 +77,12 @@ def build_pair(variant: str) -> tuple[nn.Module, nn.Module]:
     ours.load_state_dict(ours.checkpoint_filter(theirs.state_dict()))
     if not any(p.requires_grad for p in theirs.model.backbone.parameters()):
         ours.backbone.requires_grad_(False)
-    trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, theirs)]
+    # the trainable parameters outside the class heads must agree: in box refinement without two-stage Hugging
+    # Face ties its per-layer class heads into one (the official code and ours clone them), the same compute
+    trainable = [
+        sum(p.numel() for name, p in m.named_parameters() if p.requires_grad and "class_embed" not in name)
+        for m in (ours, theirs)
+    ]
     if trainable[0] != trainable[1]:
         raise RuntimeError(f"trainable parameters differ: ours {trainable[0]}, Hugging Face {trainable[1]}")
     return ours, theirs
