@@ -1,21 +1,9 @@
 import pytest
 import torch
+from saved_bytes import saved_bytes
 from timm.layers import Mlp
 
 from deformvision.layers import linear_gelu_linear
-
-
-def _saved_bytes(fn) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves while running ``fn``."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -46,8 +34,8 @@ def test_keeps_less_for_backward_than_the_plain_composition():
     torch.manual_seed(0)
     mlp = Mlp(8, 32)
     x = torch.randn(64, 8, requires_grad=True)
-    plain = _saved_bytes(lambda: mlp(x))
-    fused = _saved_bytes(lambda: linear_gelu_linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
+    plain = saved_bytes(lambda: mlp(x))
+    fused = saved_bytes(lambda: linear_gelu_linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
     hidden_bytes = 64 * 32 * 4
     assert plain - fused >= hidden_bytes  # the GELU output (N, hidden) is no longer kept
 

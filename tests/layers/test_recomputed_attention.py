@@ -4,21 +4,9 @@ the plain composition, in float64, and less kept for backward."""
 import pytest
 import torch
 import torch.nn.functional as F
+from saved_bytes import saved_bytes
 
 from deformvision.layers.recomputed_attention import qkv_attention, softmax_attention
-
-
-def _saved_bytes(fn) -> int:
-    """Bytes of the distinct storages autograd saves while running ``fn``."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def _plain_attention(q, k, v, bias, scale):
@@ -102,8 +90,8 @@ def test_keeps_neither_probabilities_nor_qkv():
     x = torch.randn(batch, n, c, requires_grad=True)
     linear = torch.nn.Linear(c, 3 * c)
     bias = torch.randn(1, heads, n, n, requires_grad=True)
-    plain = _saved_bytes(lambda: _plain_qkv_attention(linear(x), bias, 0.5, batch, heads))
-    recomputed = _saved_bytes(lambda: qkv_attention(linear(x), x, linear.weight, linear.bias, bias, 0.5, batch, heads))
+    plain = saved_bytes(lambda: _plain_qkv_attention(linear(x), bias, 0.5, batch, heads))
+    recomputed = saved_bytes(lambda: qkv_attention(linear(x), x, linear.weight, linear.bias, bias, 0.5, batch, heads))
     kept = [x, linear.weight, linear.bias, bias]  # the linear layer's own inputs and the (batch-shared) bias
     assert recomputed == sum(t.numel() * 4 for t in kept)
     probs_bytes, qkv_bytes = batch * heads * n * n * 4, batch * n * 3 * c * 4
