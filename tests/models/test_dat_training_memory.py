@@ -4,7 +4,8 @@ import torch
 
 from deformvision.layers import DeformableAttention
 from deformvision.models import dat as dat_module
-from deformvision.models.dat import DAT, Block
+from deformvision.models.dat import DAT
+from deformvision.models.dat_blocks import Block
 
 
 def _tiny_dat() -> DAT:

@@ -2,7 +2,7 @@
 
 import torch
 
-from deformvision.models.deformable_detr.transformer import inverse_sigmoid
+from deformvision.models.deformable_detr.encoder_decoder import inverse_sigmoid
 
 
 def test_inverse_sigmoid():
