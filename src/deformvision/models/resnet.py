@@ -24,12 +24,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import FeatureInfo, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from deformvision._checks import check_bool, check_int
 from deformvision.models._registry import build_model, register_model
+from deformvision.ops._eager_cpu import eager_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,11 @@ def _channels_last_cpu(x: torch.Tensor) -> bool:
     """A float32 CPU tensor in channels-last layout, outside compilation, autocast and dispatch modes (the FLOP
     counter), on a PyTorch with oneDNN: oneDNN's convolution may run it."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled("cpu")
-        and not is_in_torch_dispatch_mode()
+        and eager_cpu(x)
     )
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from deformvision.ops._eager_cpu import eager_cpu
 from deformvision.ops.dropout import dropout, scaled_keep_mask
 
 ACTIVATIONS = ("none", "relu", "gelu")
@@ -55,16 +55,12 @@ def _check_fit(x: Tensor, weight: Tensor) -> None:
 
 def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
         and x.dim() >= 2
         and x.numel() > 0
         and weight.numel() > 0
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not is_in_torch_dispatch_mode()
+        and eager_cpu(x)
         and onednn_available()
     )
 
