@@ -3,7 +3,7 @@
 import torch
 
 from deformvision.layers import DeformableAttention
-from deformvision.models import dat as dat_module
+from deformvision.models import dat_blocks
 from deformvision.models.dat import DAT
 from deformvision.models.dat_blocks import Block
 
@@ -79,7 +79,7 @@ def test_gradients_equal_those_with_the_normalised_tensors_kept(monkeypatch):
                 module.bias.normal_(0, 0.3)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     recomputed = _gradients(model, x)
-    monkeypatch.setattr(dat_module, "apply_to_layer_norm", lambda norm, x, consumer: consumer(norm(x)))
+    monkeypatch.setattr(dat_blocks, "apply_to_layer_norm", lambda norm, x, consumer: consumer(norm(x)))
     kept = _gradients(model, x)
     for g, g_ref in zip(recomputed, kept, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
