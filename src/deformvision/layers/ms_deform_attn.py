@@ -188,11 +188,16 @@ class MSDeformAttn(nn.Module):
         ref = reference_points[:, :, None, :, None, :]  # N, Lq, 1, L, 1, 2|4
         if reference_points.shape[-1] == 2:
             size_xy = spatial_shapes.flip(-1).to(offsets.dtype)  # L, 2: (W, H)
-            # ref + offsets / size_xy, computed on flat (M*L*P*2) last axes: the same quotients and sums, about
-            # twice as fast on the CPU as broadcasting (L, 1, 2) and (Lq, 1, L, 1, 2) over (Lq, M, L, P, 2)
+            # ref + offsets / size_xy with contiguous inner axes, so that the CPU's vectorised loops run: the
+            # quotient on the flat (M*L*P*2) axis, then the reference repeated over the points (L*P*2, a small
+            # copy) added in place, broadcast over the heads. The same quotients and sums as broadcasting
+            # (L, 1, 2) and (Lq, 1, L, 1, 2) over (Lq, M, L, P, 2), with an inner axis of 2, but about 10x
+            # faster at the encoder's size, which is also spared the reference expanded over the heads (an
+            # (N, Lq, M, L, P, 2) copy).
             divisor = size_xy[None, :, None, :].expand(M, L, P, 2).reshape(-1)  # M*L*P*2
-            ref_flat = ref.expand(N, Lq, M, L, P, 2).reshape(N, Lq, M * L * P * 2)
-            locations = (ref_flat + offsets.reshape(N, Lq, M * L * P * 2) / divisor).view(N, Lq, M, L, P, 2)
+            ref_points = ref.expand(N, Lq, 1, L, P, 2).reshape(N, Lq, 1, L * P * 2)
+            quotient = offsets.reshape(N, Lq, M * L * P * 2) / divisor  # N, Lq, M*L*P*2
+            locations = quotient.view(N, Lq, M, L * P * 2).add_(ref_points).view(N, Lq, M, L, P, 2)
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
         # Reference points may be float32 in a float64 model (the official valid ratios are float32): the

@@ -75,6 +75,11 @@ def _channels_last_cpu(x: torch.Tensor) -> bool:
     )
 
 
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """A returned map packed as NCHW (a copy from the channels-last layout of the frozen CPU path, else itself)."""
+    return x.contiguous()
+
+
 def bottleneck(block: torchvision.models.resnet.Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """torchvision's ``Bottleneck.forward`` with every conv + norm pair through :func:`conv_norm`."""
     out = F.relu_(conv_norm(block.conv1, block.bn1, x))
@@ -215,13 +220,15 @@ class ResNet(nn.Module):
     def _run_stages(self, x: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
         """Stem and the first ``num_stages`` stages; the output of each, ``(B, C_i, H / s_i, W / s_i)``.
 
-        Sizes round up at every stride-2 layer: the map of stride ``s`` is ``ceil(H / s)`` high.
+        Sizes round up at every stride-2 layer: the map of stride ``s`` is ``ceil(H / s)`` high. The maps are in
+        the layout they were computed in (channels-last on the frozen float32 CPU path): the public methods pack
+        the ones they return as NCHW (:func:`_nchw`), so a map nobody asked for is never copied.
         """
         if x.ndim != 4 or x.shape[1] != self.conv1.in_channels:
             raise ValueError(f"expected input of shape (B, {self.conv1.in_channels}, H, W), got {tuple(x.shape)}")
         frozen_norms = isinstance(self.bn1, FrozenBatchNorm2d)
         if frozen_norms and x.device.type == "cpu" and x.dtype == torch.float32:
-            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's layout (conv_norm); maps returned NCHW
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's layout (conv_norm)
         x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # B, 64, H/4, W/4
         outputs = []
         for stage in self._stages()[:num_stages]:
@@ -230,7 +237,7 @@ class ResNet(nn.Module):
                     x = checkpoint(bottleneck, block, x, use_reentrant=False)
                 else:
                     x = bottleneck(block, x)
-            outputs.append(x.contiguous() if frozen_norms else x)
+            outputs.append(x)
         return outputs
 
     def forward_intermediates(
@@ -264,8 +271,8 @@ class ResNet(nn.Module):
         if max_index >= self.num_stages:
             raise ValueError(f"stage {max_index} is not built (this model has {self.num_stages} stages)")
         outputs = self._run_stages(x, max_index + 1 if stop_early else self.num_stages)
-        intermediates = [out for i, out in enumerate(outputs) if i in take_indices]
-        return intermediates if intermediates_only else (outputs[-1], intermediates)
+        intermediates = [_nchw(out) for i, out in enumerate(outputs) if i in take_indices]
+        return intermediates if intermediates_only else (_nchw(outputs[-1]), intermediates)
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -293,7 +300,7 @@ class ResNet(nn.Module):
         """The last stage's map: ``(B, 2048, H/32, W/32)`` (``H/16`` with ``dilation``)."""
         if self.features_only:
             raise RuntimeError("forward_features is for classifiers; a features_only model's forward returns maps")
-        return self._run_stages(x, self.num_stages)[-1]
+        return _nchw(self._run_stages(x, self.num_stages)[-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """torchvision's global average pooling and ``fc``: ``(B, 2048, h, w)`` -> ``(B, num_classes)``.
@@ -307,7 +314,7 @@ class ResNet(nn.Module):
         """Logits ``(B, num_classes)``, or with ``features_only`` the maps of ``out_indices`` (NCHW, in that order)."""
         if self.features_only:
             outputs = self._run_stages(x, self.num_stages)
-            return [outputs[i] for i in self.out_indices]
+            return [_nchw(outputs[i]) for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
