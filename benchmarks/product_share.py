@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from deformvision.bench.dat import OFFICIAL_CONFIGS, build, make_step
+from deformvision.bench.dat import OFFICIAL_CONFIGS, build, check_official_repo, make_step
 
 # matrix products (attention's fused product + softmax included) and convolutions, forward and backward
 PRODUCT_OPS = {
@@ -53,13 +53,16 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    official_repo = str(check_official_repo(args.official_repo))
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s); self CPU ms of one step (profiler)\n")
-    print("| model | batch | step | ours total | ours products | official total | official products "
-          "| ceiling | rest for 1.3x (ours now) |")
+    print(
+        "| model | batch | step | ours total | ours products | official total | official products "
+        "| ceiling | rest for 1.3x (ours now) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
-        ours, official = build("ours", name, None), build("official", name, args.official_repo)
+        ours, official = build("ours", name, None), build("official", name, official_repo)
         for batch in args.batch_sizes:
             for mode in ("fwd", "fwd+bwd"):
                 ours_total, ours_products = profile_step(make_step(ours, batch, mode, "cpu"))

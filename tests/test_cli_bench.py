@@ -142,3 +142,20 @@ def test_bench_primitives_prints_a_row_per_layer_and_pass(capsys):
     for row in rows:
         ours, theirs, ratio = float(row[4]), float(row[5]), float(row[6])
         assert abs(ratio - theirs / ours) <= 0.01 + 0.06 * ratio / ours  # printed times are rounded to 0.1 ms
+
+
+def test_bench_dat_names_a_package_the_official_code_needs(tmp_path, monkeypatch, capsys):
+    """A checkout whose models/dat.py imports a package that is not installed (the official code needs einops)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "dat.py").write_text("import deformvision_no_such_package\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader puts the checkout first; undone after the test
+    for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        assert main(["bench", "dat", "--official-repo", str(tmp_path)]) == 2
+    finally:
+        for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+            del sys.modules[name]  # the fake checkout's package must not serve a later import
+    err = capsys.readouterr().err
+    assert "imports 'deformvision_no_such_package', which is not installed" in err
+    assert "pip install deformvision_no_such_package" in err

@@ -76,19 +76,30 @@ MODES = ("fwd", "fwd+bwd")
 
 
 def check_official_repo(repo: str | Path) -> Path:
-    """The checkout's path; FileNotFoundError if it has no ``models/dat.py``."""
+    """The checkout's path, once its ``DAT`` imports: FileNotFoundError if it has no ``models/dat.py``,
+    ModuleNotFoundError naming the package to install if the official code needs one that is missing."""
     path = Path(repo)
     if not (path / "models" / "dat.py").is_file():
         raise FileNotFoundError(f"official_repo {str(repo)!r} is not a LeapLabTHU/DAT checkout: no models/dat.py in it")
+    load_official_dat_class(path)
     return path
 
 
 def load_official_dat_class(repo: Path) -> type:
-    """Import ``DAT`` from an official checkout's ``models/dat.py`` (it imports ``timm.models.layers``, which
-    timm, a dependency of deformvision, still provides)."""
+    """Import ``DAT`` from an official checkout's ``models/dat.py``. It imports ``timm.models.layers``, which
+    timm, a dependency of deformvision, still provides, and ``einops``, which the user installs."""
     sys.path.insert(0, str(repo))
-    from models.dat import DAT  # noqa: PLC0415  (the official package, from the checkout)
-
+    try:
+        from models.dat import DAT  # noqa: PLC0415  (the official package, from the checkout)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] == "models":
+            raise
+        package = err.name.split(".")[0]
+        raise ModuleNotFoundError(
+            f"the official DAT code in {str(repo)!r} imports {err.name!r}, which is not installed: "
+            f"pip install {package}",
+            name=err.name,
+        ) from err
     return DAT
 
 
