@@ -125,6 +125,22 @@ def test_float32_reference_points_in_a_float64_module(golden):
     torch.testing.assert_close(out, module(golden["query"], ref32.double(), *args), rtol=0, atol=0)
 
 
+def test_float64_reference_points_in_a_float32_module_are_not_rounded(golden):
+    """float64 reference points in a float32 module: the locations are their float64 sums with the float32 offsets
+    (type promotion, as ``ref + offsets / size`` written out), not rounded to float32."""
+    module = build(golden, torch.float32)
+    seen = {}
+    module.sampling.register_forward_hook(lambda mod, inputs, out: seen.update(locations=inputs[3]))
+    ref64 = golden["reference_points_2"].double() + 1e-9  # not representable in float32
+    args = (golden["input_flatten"].float(), golden["spatial_shapes"], golden["level_start_index"])
+    module(golden["query"].float(), ref64, *args, golden["input_padding_mask"])
+    N, Lq = ref64.shape[:2]
+    offsets = module.sampling_offsets(golden["query"].float()).view(N, Lq, 2, 2, 4, 2)  # N, Lq, M, L, P, 2
+    expected = ref64[:, :, None, :, None, :] + offsets / golden["spatial_shapes"].flip(-1).float()[:, None, :]
+    assert seen["locations"].dtype == torch.float64
+    torch.testing.assert_close(seen["locations"], expected, rtol=0, atol=0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     case=st.sampled_from(

@@ -197,6 +197,7 @@ class MSDeformAttn(nn.Module):
             divisor = size_xy[None, :, None, :].expand(M, L, P, 2).reshape(-1)  # M*L*P*2
             ref_points = ref.expand(N, Lq, 1, L, P, 2).reshape(N, Lq, 1, L * P * 2)
             quotient = offsets.reshape(N, Lq, M * L * P * 2) / divisor  # N, Lq, M*L*P*2
+            quotient = quotient.to(torch.promote_types(quotient.dtype, ref_points.dtype))  # the sum's dtype
             locations = quotient.view(N, Lq, M, L * P * 2).add_(ref_points).view(N, Lq, M, L, P, 2)
         else:
             locations = ref[..., :2] + offsets / P * ref[..., 2:] * 0.5
