@@ -55,3 +55,26 @@ def test_layer_matches_module_semantics():
     x = torch.randn(50, 50)
     assert torch.equal(layer.eval()(x), F.dropout(x, 0.25, training=False))
     assert ((layer.train()(x) == 0).float().mean() - 0.25).abs() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_keeps_the_drop_probability(dtype):
+    """A bfloat16 uniform number steps by 2^-8, so `rand >= 0.1` in bfloat16 would drop ~0.102: half precision must
+    draw as F.dropout does (4M draws: within 5 standard deviations of p)."""
+    torch.manual_seed(0)
+    n, p = 4_000_000, 0.1
+    dropped = (dropout(torch.ones(n, dtype=dtype), p) == 0).float().mean().item()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_cpu_autocast_keeps_the_fast_mask():
+    """Autocast does not cast dropout: a float32 tensor under CPU autocast still gets the uniform-float mask,
+    which draws other numbers than F.dropout's bernoulli_ for the same seed."""
+    x = torch.ones(1000)
+    torch.manual_seed(5)
+    plain = dropout(x, 0.5)
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = dropout(x, 0.5)
+    torch.manual_seed(5)
+    assert torch.equal(under_autocast, plain) and not torch.equal(plain, F.dropout(x, 0.5))

@@ -72,6 +72,7 @@ def _channels_last_cpu(x: torch.Tensor) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.is_available()
         and eager_cpu(x)
+        and not torch.is_autocast_enabled("cpu")  # autocast casts the convolution: F.conv2d must see it
     )
 
 

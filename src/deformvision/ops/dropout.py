@@ -4,8 +4,10 @@ PyTorch's CPU dropout draws its mask with ``bernoulli_``, then scales it and mul
 draws uniform floats and turns them, in place, into the same scaled mask (``rand >= p`` is 1 with
 probability ``1 - p``, exact to float32's 2^-24 resolution, then times ``1 / (1 - p)``), and keeps that float
 mask for backward as PyTorch does: forward+backward about 1.8x faster on one thread at Deformable DETR's FFN
-size. Elsewhere (CUDA, where PyTorch's fused kernel is fast; ``torch.compile``; tracing; CPU autocast; a
-``TorchDispatchMode``; ``p`` of 0 or 1; not training) it is ``F.dropout``. The random numbers come from the
+size (``deformvision bench primitives``). That is for float32 and float64 tensors: a half-precision uniform
+number has too few bits for ``rand >= p`` to keep the probability (bfloat16 steps by 2^-8). Elsewhere (other
+dtypes; CUDA, where PyTorch's fused kernel is fast; ``torch.compile``; tracing; a ``TorchDispatchMode``;
+``p`` of 0 or 1; not training) it is ``F.dropout``. The random numbers come from the
 same generator, drawn another way, so a seed gives other masks than ``F.dropout``'s.
 """
 
@@ -50,5 +52,5 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    fast = training and 0.0 < p < 1.0 and x.is_floating_point() and eager_cpu(x)
+    fast = training and 0.0 < p < 1.0 and x.dtype in (torch.float32, torch.float64) and eager_cpu(x)
     return _MaskedScale.apply(x, float(p)) if fast else F.dropout(x, p, training)

@@ -53,6 +53,10 @@ def _check_fit(x: Tensor, weight: Tensor) -> None:
         )
 
 
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (
         x.dtype == weight.dtype == torch.float32
@@ -61,6 +65,7 @@ def _use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and x.numel() > 0
         and weight.numel() > 0
         and eager_cpu(x)
+        and not torch.is_autocast_enabled("cpu")  # autocast casts the product: F.linear must see it
         and onednn_available()
     )
 
@@ -69,7 +74,7 @@ class _OneDNNLinear(torch.autograd.Function):
     """``activation(x @ weight.T + bias)`` for ``activation`` ``none`` or ``relu`` (ReLU's backward needs
     only its output), keeping ``x``, ``weight`` (and the ReLU output) for backward as ``F.linear`` does.
 
-    With ``dropout`` p > 0 (after a ReLU only) the ReLU output is multiplied in place by a dropout mask
+    With dropout ``p`` > 0 (after a ReLU only) the ReLU output is multiplied in place by a dropout mask
     (``1 / (1 - p)`` or 0) that is not kept: an output element is positive exactly where the ReLU passed it
     and the mask kept it, so the output alone gives the backward (``grad / (1 - p)`` there, else 0).
 
@@ -78,13 +83,16 @@ class _OneDNNLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, dropout: float) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, p: float) -> Tensor:
+        if p > 0 and activation != "relu":
+            raise ValueError(f"dropout in the fused linear needs activation 'relu' (its backward reads the mask "
+                             f"off the output), got {activation!r}")
         out = _onednn(x, weight, bias, activation)  # (..., out)
-        if dropout > 0:
-            out.mul_(scaled_keep_mask(out, dropout))
+        if p > 0:
+            out.mul_(scaled_keep_mask(out, p))
         ctx.save_for_backward(x, weight, out if activation == "relu" else None)
         ctx.has_bias = bias is not None
-        ctx.dropout_scale = 1.0 / (1.0 - dropout)
+        ctx.dropout_scale = 1.0 / (1.0 - p)
         return out
 
     @staticmethod
@@ -131,8 +139,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     if not _use_onednn(x, weight, bias):
         out = F.linear(x, weight, bias)
         return F.relu(out) if activation == "relu" else F.gelu(out) if activation == "gelu" else out
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if not needs_grad:
+    if not _needs_grad(x, weight, bias):
         return _onednn(x, weight, bias, activation)
     if activation == "gelu":  # GELU's backward needs its input, which the fused call does not keep
         return F.gelu(_OneDNNLinear.apply(x, weight, bias, "none", 0.0))
@@ -153,11 +160,10 @@ def linear_relu_dropout(x: Tensor, weight: Tensor, bias: Tensor | None, p: float
         (True, True)
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
-        raise ValueError(f"p must be a dropout probability in [0, 1), got {p!r}")
+        raise ValueError(f"p must be a dropout probability in [0, 1) (1 would zero the FFN), got {p!r}")
+    _check_fit(x, weight)
     if p == 0:
         return linear(x, weight, bias, "relu")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    _check_fit(x, weight)
-    if needs_grad and _use_onednn(x, weight, bias):
+    if _needs_grad(x, weight, bias) and _use_onednn(x, weight, bias):
         return _OneDNNLinear.apply(x, weight, bias, "relu", float(p))
     return dropout(linear(x, weight, bias, "relu"), p)
