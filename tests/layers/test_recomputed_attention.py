@@ -103,3 +103,20 @@ def test_rejects_shapes_that_do_not_fit():
         softmax_attention(torch.randn(2, 4, 3), torch.randn(2, 5, 2), torch.randn(2, 5, 3), None, 1.0)
     with pytest.raises(ValueError, match=r"must be \(B\*nW, N, 3C\)"):
         qkv_attention(torch.randn(3, 4, 12), torch.randn(3, 4, 5), torch.randn(12, 5), None, None, 1.0, 2, 2)
+
+
+def test_window_attention_recomputes_qkv_with_the_op_that_made_it():
+    """float32 CPU: layers.Linear makes qkv through oneDNN (ops.linear), so the backward must recompute it that way
+    too (F.linear, i.e. aten::addmm, gives other float32 roundings and other probabilities than the forward's)."""
+    from deformvision.layers import WindowAttention
+    from deformvision.ops.linear import onednn_available
+
+    if not onednn_available():
+        pytest.skip("this PyTorch has no oneDNN linear: every product is F.linear")
+    torch.manual_seed(0)
+    attn = WindowAttention(16, 2, window_size=4, shift_size=2).train()
+    x = torch.randn(2, 8, 8, 16, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        attn(x).sum().backward()
+    names = {event.name for event in prof.events()}
+    assert "mkldnn::_linear_pointwise" in names and "aten::addmm" not in names

@@ -16,6 +16,8 @@ which recomputes its position bias as well (``layers/deformable_attention.py``).
 
 import torch
 
+from deformvision.ops.linear import linear
+
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale + bias)`` over the last dim: ``(..., N, d), (..., M, d)`` -> ``(..., N, M)``."""
@@ -113,14 +115,14 @@ class _QKVAttention(torch.autograd.Function):
     """Attention of the output of a ``qkv`` linear layer that keeps neither the probabilities nor ``qkv``.
 
     Kept: the linear layer's input ``x`` (which that layer keeps anyway), its weight and bias, and the attention
-    bias. Recomputed in backward: ``qkv = F.linear(x, weight, qkv_bias)`` (the same op as the layer's forward), the
-    logits and the probabilities. The gradient goes to ``qkv`` only; the layer's own backward takes it on to
+    bias. Recomputed in backward: ``qkv = ops.linear(x, weight, qkv_bias)`` (the op of ``layers.Linear``, which made
+    it), the logits and the probabilities. The gradient goes to ``qkv`` only; the layer's own backward takes it on to
     ``x``, the weight and the bias.
     """
 
     @staticmethod
     def forward(ctx, qkv, x, weight, qkv_bias, bias, scale, batch, num_heads):
-        # qkv: B*nW, N, 3C (= F.linear(x, weight, qkv_bias)); x: B*nW, N, C_in; bias: broadcastable to
+        # qkv: B*nW, N, 3C (= ops.linear(x, weight, qkv_bias)); x: B*nW, N, C_in; bias: broadcastable to
         # (B, nW, heads, N, N)
         q, k, v = _split_heads(qkv, batch, num_heads)  # B, nW, heads, N, hd
         out = attention_probs(q, k, bias, scale) @ v  # B, nW, heads, N, hd
@@ -132,7 +134,7 @@ class _QKVAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, qkv_bias, bias = ctx.saved_tensors
         scale, batch, num_heads = ctx.args
-        qkv = torch.nn.functional.linear(x, weight, qkv_bias)  # B*nW, N, 3C: recomputed
+        qkv = linear(x, weight, qkv_bias)  # B*nW, N, 3C: recomputed by the op that made it (layers.Linear's)
         q, k, v = _split_heads(qkv, batch, num_heads)  # B, nW, heads, N, hd
         grad_out = grad_out.reshape(*q.shape[:2], q.shape[3], num_heads, -1).transpose(-3, -2)  # B, nW, heads, N, hd
         grad_qkv = torch.empty_like(qkv)  # B*nW, N, 3C, filled head by head below
@@ -157,11 +159,11 @@ def qkv_attention(
     batch: int,
     num_heads: int,
 ) -> torch.Tensor:
-    """Multi-head ``softmax(q k^T * scale + bias) v`` of ``qkv = F.linear(x, weight, qkv_bias)``, keeping neither
+    """Multi-head ``softmax(q k^T * scale + bias) v`` of ``qkv = ops.linear(x, weight, qkv_bias)``, keeping neither
     the probabilities nor ``qkv`` for backward (both recomputed from ``x``, which the linear layer keeps anyway).
 
-    ``qkv`` must be exactly ``F.linear(x, weight, qkv_bias)`` (the caller's ``nn.Linear`` output): the backward
-    pass recomputes it that way. Channels of ``qkv`` are ``(3, heads, hd)``, as in timm/Swin. No dropout.
+    ``qkv`` must be exactly ``deformvision.ops.linear(x, weight, qkv_bias)`` (the output of the caller's
+    ``layers.Linear``): the backward pass recomputes it that way. Channels of ``qkv`` are ``(3, heads, hd)``, as in timm/Swin. No dropout.
 
     Shape:
         - ``qkv``: ``(B*nW, N, 3C)`` (``nW`` windows per image, or 1); ``x``: ``(B*nW, N, C_in)``;
