@@ -403,8 +403,12 @@ def test_folded_frozen_norms_give_torchvision_gradients(dtype):
     if dtype == torch.float32:
         with torch.profiler.profile() as prof:
             maps = backbone(x)
-        assert "aten::mkldnn_convolution" in {event.name for event in prof.events()}
-        assert all(m.is_contiguous() for m in maps)  # NCHW maps, whatever the layout inside
+        names = {event.name for event in prof.events()}
+        # oneDNN called directly on the folded weights: torchvision's own forward would go through aten::convolution
+        assert "aten::mkldnn_convolution" in names and "aten::convolution" not in names
+        assert all(m.is_contiguous() for m in maps)  # NCHW maps for NCHW images, whatever the layout inside
+        channels_last = backbone(x.contiguous(memory_format=torch.channels_last))
+        assert all(m.is_contiguous(memory_format=torch.channels_last) for m in channels_last)  # the input's layout
 
     def loss_and_grads(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
         backbone.zero_grad(set_to_none=True)

@@ -63,22 +63,27 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def _channels_last_cpu(x: torch.Tensor) -> bool:
-    """A float32 CPU tensor in channels-last layout, outside compilation, autocast and dispatch modes (the FLOP
-    counter), on a PyTorch with oneDNN: oneDNN's convolution may run it."""
+def _onednn_cpu(x: torch.Tensor) -> bool:
+    """A 4-d float32 CPU tensor outside compilation, autocast and dispatch modes (the FLOP counter), on a
+    PyTorch with oneDNN: oneDNN's convolution may run it, in channels-last layout."""
     return (
         x.dtype == torch.float32
         and x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.is_available()
         and eager_cpu(x)
         and not torch.is_autocast_enabled("cpu")  # autocast casts the convolution: F.conv2d must see it
     )
 
 
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    """A returned map packed as NCHW (a copy from the channels-last layout of the frozen CPU path, else itself)."""
-    return x.contiguous()
+def _channels_last_cpu(x: torch.Tensor) -> bool:
+    """:func:`_onednn_cpu` and already channels-last: oneDNN's convolution runs it without a layout change."""
+    return _onednn_cpu(x) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _in_layout_of(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A returned map in the memory format of the input ``images``, as torchvision's ResNet returns them: packed
+    NCHW for NCHW images (a copy from the channels-last layout the frozen CPU path computes in), else as is."""
+    return out.contiguous() if images.is_contiguous() else out
 
 
 def bottleneck(block: torchvision.models.resnet.Bottleneck, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +112,9 @@ class ResNet(nn.Module):
             -1 otherwise.
         dilation: replace the stride of ``layer4`` by dilation (``replace_stride_with_dilation=[False,
             False, True]``, the "DC5" backbone: C5 at stride 16).
-        features_only: build a backbone whose ``forward`` returns the NCHW maps of ``out_indices``
-            instead of logits; stages after the last returned one are not kept, nor is ``fc``.
+        features_only: build a backbone whose ``forward`` returns the maps of ``out_indices`` instead of logits
+            (in the input's memory format: packed NCHW for NCHW images); stages after the last returned one are
+            not kept, nor is ``fc``.
         out_indices: stages returned when ``features_only``: 0..3 = ``layer1`` .. ``layer4`` (strides
             4/8/16/32, channels 256/512/1024/2048); default C3-C5 as Deformable DETR.
 
@@ -222,13 +228,13 @@ class ResNet(nn.Module):
         """Stem and the first ``num_stages`` stages; the output of each, ``(B, C_i, H / s_i, W / s_i)``.
 
         Sizes round up at every stride-2 layer: the map of stride ``s`` is ``ceil(H / s)`` high. The maps are in
-        the layout they were computed in (channels-last on the frozen float32 CPU path): the public methods pack
-        the ones they return as NCHW (:func:`_nchw`), so a map nobody asked for is never copied.
+        the layout they were computed in (channels-last on the frozen float32 CPU path): the public methods give
+        the ones they return the input's layout (:func:`_in_layout_of`), so a map nobody asked for is never copied.
         """
         if x.ndim != 4 or x.shape[1] != self.conv1.in_channels:
             raise ValueError(f"expected input of shape (B, {self.conv1.in_channels}, H, W), got {tuple(x.shape)}")
         frozen_norms = isinstance(self.bn1, FrozenBatchNorm2d)
-        if frozen_norms and x.device.type == "cpu" and x.dtype == torch.float32:
+        if frozen_norms and _onednn_cpu(x):
             x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's layout (conv_norm)
         x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # B, 64, H/4, W/4
         outputs = []
@@ -272,8 +278,8 @@ class ResNet(nn.Module):
         if max_index >= self.num_stages:
             raise ValueError(f"stage {max_index} is not built (this model has {self.num_stages} stages)")
         outputs = self._run_stages(x, max_index + 1 if stop_early else self.num_stages)
-        intermediates = [_nchw(out) for i, out in enumerate(outputs) if i in take_indices]
-        return intermediates if intermediates_only else (_nchw(outputs[-1]), intermediates)
+        intermediates = [_in_layout_of(x, out) for i, out in enumerate(outputs) if i in take_indices]
+        return intermediates if intermediates_only else (_in_layout_of(x, outputs[-1]), intermediates)
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -301,7 +307,7 @@ class ResNet(nn.Module):
         """The last stage's map: ``(B, 2048, H/32, W/32)`` (``H/16`` with ``dilation``)."""
         if self.features_only:
             raise RuntimeError("forward_features is for classifiers; a features_only model's forward returns maps")
-        return _nchw(self._run_stages(x, self.num_stages)[-1])
+        return _in_layout_of(x, self._run_stages(x, self.num_stages)[-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """torchvision's global average pooling and ``fc``: ``(B, 2048, h, w)`` -> ``(B, num_classes)``.
@@ -315,7 +321,7 @@ class ResNet(nn.Module):
         """Logits ``(B, num_classes)``, or with ``features_only`` the maps of ``out_indices`` (NCHW, in that order)."""
         if self.features_only:
             outputs = self._run_stages(x, self.num_stages)
-            return [_nchw(outputs[i]) for i in self.out_indices]
+            return [_in_layout_of(x, outputs[i]) for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
