@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from saved_bytes import saved_bytes
 
 from deformvision.layers import DeformableAttention, reference_points
 
@@ -118,23 +119,12 @@ def test_recomputing_training_path_keeps_less(monkeypatch):
     attn = make()
     x = torch.randn(2, 6, 6, 16, requires_grad=True)
 
-    def saved_bytes() -> int:
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            attn(x)
-        return sum(storages.values())
-
-    recomputed = saved_bytes()
+    recomputed = saved_bytes(lambda: attn(x))
     attn.fused_attn = False  # the explicit softmax path (the offset network still recomputes)
     probs_and_bias_grid = 2 * 4 * 36 * 36 * 4 + 2 * 2 * 36 * 36 * 2 * 4  # B*heads*HW*Ns, B*G*HW*Ns*2 floats
-    explicit = saved_bytes()
+    explicit = saved_bytes(lambda: attn(x))
     assert explicit - recomputed >= probs_and_bias_grid
     plain_offsets = lambda self, q: self.conv_offset(q.reshape(q.shape[0] * self.num_groups, -1, *q.shape[2:]))  # noqa: E731
     monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
     offset_net_hidden = 3 * 2 * 2 * 8 * 36 * 4  # at least three of: grouped q, conv, norm, GELU outputs (B*G*C/G*HW)
-    assert saved_bytes() - explicit >= offset_net_hidden
+    assert saved_bytes(lambda: attn(x)) - explicit >= offset_net_hidden

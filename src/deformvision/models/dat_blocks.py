@@ -36,8 +36,9 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
     One :class:`DropPath` (stochastic depth) serves both residual branches, as in the official code. In training the
-    normalised tensors are recomputed in backward rather than kept by attn and the MLP
-    (:func:`~deformvision.layers.apply_to_layer_norm`).
+    normalised tensors are recomputed in backward rather than kept by the MLP and by deformable attention's
+    ``proj_q`` (:func:`~deformvision.layers.apply_to_layer_norm`); window attention keeps its own window-partitioned
+    copy of them (the padding, shift and partition copy the tensor before ``qkv`` sees it).
 
     Shape:
         - Input: ``(B, H, W, C)`` (channels last)

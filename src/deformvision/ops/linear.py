@@ -4,8 +4,9 @@ On the CPU, PyTorch's ``F.linear`` is one MKL matrix product on an output into w
 copied, and an activation after it is one more pass over that output. oneDNN's matmul primitive (the one
 ``torch.compile`` uses for linear layers on the CPU, ``torch.ops.mkldnn._linear_pointwise``) adds the bias
 and applies ReLU/GELU while it writes the output. At the sizes of DAT and Deformable DETR a float32 product
-is 10-25% faster that way on one thread, and a fused GELU costs about a fifth of a separate one
-(``deformvision bench primitives`` prints the table).
+is 1.1-1.6x faster that way on one thread (1.05-1.3x with its backward), and a fused GELU costs about a fifth
+of a separate one (``deformvision bench primitives`` prints the table). GELU is fused only when no gradient is
+needed: its backward needs its input, which the fused call does not keep.
 
 :func:`linear` takes that path for float32 CPU tensors whenever PyTorch was built with oneDNN, and is
 differentiable there (:class:`_OneDNNLinear`). In every other case -- other devices or dtypes, autocast,
