@@ -163,7 +163,8 @@ def qkv_attention(
     the probabilities nor ``qkv`` for backward (both recomputed from ``x``, which the linear layer keeps anyway).
 
     ``qkv`` must be exactly ``deformvision.ops.linear(x, weight, qkv_bias)`` (the output of the caller's
-    ``layers.Linear``): the backward pass recomputes it that way. Channels of ``qkv`` are ``(3, heads, hd)``, as in timm/Swin. No dropout.
+    ``layers.Linear``): the backward pass recomputes it that way. Channels of ``qkv`` are ``(3, heads, hd)``, as
+    in timm/Swin. No dropout.
 
     Shape:
         - ``qkv``: ``(B*nW, N, 3C)`` (``nW`` windows per image, or 1); ``x``: ``(B*nW, N, C_in)``;

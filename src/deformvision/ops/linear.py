@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 from deformvision.ops._eager_cpu import eager_cpu
 from deformvision.ops.dropout import dropout, scaled_keep_mask
 
-ACTIVATIONS = ("none", "relu", "gelu")
+ACTIVATIONS = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu}  # name -> PyTorch's function
 
 
 @cache
@@ -86,8 +86,10 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, p: float) -> Tensor:
         if p > 0 and activation != "relu":
-            raise ValueError(f"dropout in the fused linear needs activation 'relu' (its backward reads the mask "
-                             f"off the output), got {activation!r}")
+            raise ValueError(
+                f"dropout in the fused linear needs activation 'relu' (its backward reads the mask "
+                f"off the output), got {activation!r}"
+            )
         out = _onednn(x, weight, bias, activation)  # (..., out)
         if p > 0:
             out.mul_(scaled_keep_mask(out, p))
@@ -138,8 +140,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     _check_fit(x, weight)
     if not _use_onednn(x, weight, bias):
-        out = F.linear(x, weight, bias)
-        return F.relu(out) if activation == "relu" else F.gelu(out) if activation == "gelu" else out
+        return ACTIVATIONS[activation](F.linear(x, weight, bias))
     if not _needs_grad(x, weight, bias):
         return _onednn(x, weight, bias, activation)
     if activation == "gelu":  # GELU's backward needs its input, which the fused call does not keep
