@@ -128,3 +128,20 @@ def test_recomputing_training_path_keeps_less(monkeypatch):
     monkeypatch.setattr(DeformableAttention, "_offsets", plain_offsets)
     offset_net_hidden = 3 * 2 * 2 * 8 * 36 * 4  # at least three of: grouped q, conv, norm, GELU outputs (B*G*C/G*HW)
     assert saved_bytes(lambda: attn(x)) - explicit >= offset_net_hidden
+
+
+def test_fixed_pe_training_path_matches_the_explicit_softmax_float64():
+    """The recomputing training path gets the fixed table's gradient summed over the batch (a broadcast bias), equal to
+    autograd through the explicit softmax."""
+    torch.manual_seed(0)
+    attn = make(fixed_pe=True).double().train()
+    x = torch.randn(2, 6, 6, 16, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        attn.fused_attn = fused
+        attn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        attn(xi)[0].square().sum().backward()
+        grads.append((xi.grad, attn.rpe_table.grad))
+    for recomputed, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, explicit, rtol=1e-10, atol=1e-12)

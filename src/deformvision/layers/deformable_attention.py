@@ -347,7 +347,7 @@ class DeformableAttention(nn.Module):
         b = pos.shape[0] // self.num_groups
         return bias.reshape(b * self.num_heads, height * width, -1)
 
-    def _plain_bias(self, batch: int, height: int, width: int) -> torch.Tensor | None:
+    def _plain_bias(self, height: int, width: int) -> torch.Tensor | None:
         """The bias that is not the deformable position bias: the ``fixed_pe`` table (at ``fmap_size`` only)."""
         if self.rpe_table is None or self.dwc_pe or not self.fixed_pe:
             return None
@@ -356,7 +356,7 @@ class DeformableAttention(nn.Module):
                 f"fixed_pe deformable attention only runs at its construction size {self.fmap_size}, "
                 f"got {(height, width)}"
             )
-        return self.rpe_table[None].expand(batch, -1, -1, -1)  # B, heads, HW, Ns
+        return self.rpe_table[None]  # 1, heads, HW, Ns: broadcast over the batch (its gradient summed, not copied)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, SamplingPoints]:
         b, h, w, c = x.shape
@@ -393,11 +393,11 @@ class DeformableAttention(nn.Module):
             if deformable_bias:
                 out = _DeformableBiasAttention.apply(q, k, v, self.rpe_table, pos, h, w, g, self.scale)
             else:
-                out = softmax_attention(q, k, v, self._plain_bias(b, h, w), self.scale)
+                out = softmax_attention(q, k, v, self._plain_bias(h, w), self.scale)
         else:
             bias = self.position_bias(pos, h, w).view(b, heads, h * w, num_keys) if deformable_bias else None
             if bias is None:
-                bias = self._plain_bias(b, h, w)
+                bias = self._plain_bias(h, w)
             if self.fused_attn:  # softmax(q k^T * scale + bias) v (inference, or attention dropout, or autocast)
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
